@@ -1,0 +1,142 @@
+"""Locations of the config tree and validation of a composed run config.
+
+Hydra composes the config from `conf/`; this module checks the values Hydra cannot check (names of
+options, ranges, required paths) and raises `ConfigError` with one line naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from imbalance_sweep.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = PROJECT_ROOT / "conf"
+SWEEPS_DIR = PROJECT_ROOT / "sweeps"
+
+DATA_SOURCES = ("digits", "npz", "imagefolder")
+MODELS = ("small_cnn", "resnet18")
+LOSSES = ("ce", "weighted_ce", "focal")
+WEIGHT_SCHEMES = ("inverse", "sqrt_inverse", "effective_number")
+RESAMPLERS = ("none", "random_over", "random_under", "hybrid", "smote", "weighted_sampler")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("cosine", "none")
+PADDING_MODES = ("zeros", "border", "reflection")
+AUGMENT_MAGNITUDES = (
+    "rotation", "translate", "shear", "zoom", "hflip", "vflip", "brightness", "contrast", "noise_std",
+)
+
+
+def require_conf_dir() -> str:
+    """Return the config directory as a string, or raise if the package runs outside its checkout."""
+    if not CONF_DIR.is_dir():
+        raise ConfigError(
+            f"config directory {CONF_DIR} not found: install the package from its checkout with "
+            "`pip install -e .` so that conf/ and sweeps/ sit beside src/"
+        )
+    return str(CONF_DIR)
+
+
+def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> str:
+    value = OmegaConf.select(cfg, key)
+    if value not in allowed:
+        group = key.split(".")[0]
+        raise ConfigError(
+            f"unknown {key} {value!r}: use one of {', '.join(allowed)} (for example `{group}={allowed[0]}`)"
+        )
+    return value
+
+
+def _number(cfg: DictConfig, key: str, low: float, high: float, *, low_open: bool = False) -> float:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}={value!r} is not a number: set {key} to a value in range")
+    below = value <= low if low_open else value < low
+    if below or value > high:
+        bracket = "(" if low_open else "["
+        raise ConfigError(f"{key}={value} is outside {bracket}{low}, {high}]: set {key} to a value in that range")
+    return float(value)
+
+
+def _ratio(cfg: DictConfig, key: str) -> float:
+    return _number(cfg, key, 0.0, 1.0, low_open=True)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise `ConfigError` for the first invalid value in a composed run config."""
+    source = _choice(cfg, "data.name", DATA_SOURCES)
+    if source != "digits":
+        path = cfg.data.path
+        if not path:
+            raise ConfigError(f"data.path is not set: pass data.path=... for data={source}")
+        if not Path(path).exists():
+            raise ConfigError(f"data.path {path!r} does not exist: pass an existing {'file' if source == 'npz' else 'directory'}")
+    else:
+        _number(cfg, "data.imbalance_ratio", 1.0, 1e6)
+    if cfg.data.get("image_size") is not None:
+        _number(cfg, "data.image_size", 4, 1024)
+    if cfg.data.get("channels") not in (None, 1, 3):
+        raise ConfigError(f"data.channels={cfg.data.channels!r} is not supported: use 1, 3 or null")
+    names = cfg.data.get("class_names")
+    if names is not None and (not OmegaConf.is_list(names) or len(names) == 0):
+        raise ConfigError(f"data.class_names={names!r} is not a list: write 'data.class_names=[a,b]'")
+
+    _choice(cfg, "model.name", MODELS)
+
+    loss = _choice(cfg, "loss.name", LOSSES)
+    if loss == "weighted_ce":
+        _choice(cfg, "loss.weights", WEIGHT_SCHEMES)
+    if loss == "focal":
+        _choice(cfg, "loss.weights", ("none",) + WEIGHT_SCHEMES)
+        _number(cfg, "loss.gamma", 0.0, 10.0)
+    if loss in ("weighted_ce", "focal"):
+        _number(cfg, "loss.beta", 0.0, 1.0, low_open=True)
+        if cfg.loss.beta >= 1.0:
+            raise ConfigError(f"loss.beta={cfg.loss.beta} must be below 1: use e.g. 0.999")
+
+    resampler = _choice(cfg, "resample.name", RESAMPLERS)
+    if resampler in ("random_over", "random_under", "smote"):
+        _ratio(cfg, "resample.ratio")
+    if resampler == "hybrid":
+        over = _ratio(cfg, "resample.over_ratio")
+        under = _ratio(cfg, "resample.under_ratio")
+        if under < over:
+            raise ConfigError(
+                f"resample.under_ratio={under} is below resample.over_ratio={over}: "
+                "under-sampling can only raise the ratio, so set under_ratio >= over_ratio"
+            )
+    if resampler == "smote":
+        _number(cfg, "resample.k_neighbors", 1, 100)
+    if resampler == "weighted_sampler":
+        _number(cfg, "resample.power", 0.0, 1.0)
+
+    for key in AUGMENT_MAGNITUDES:
+        _number(cfg, f"augment.{key}", 0.0, 1.0 if key in ("hflip", "vflip", "translate", "zoom", "noise_std") else 180.0)
+    _choice(cfg, "augment.padding_mode", PADDING_MODES)
+
+    _choice(cfg, "optim.name", OPTIMIZERS)
+    _number(cfg, "optim.lr", 0.0, 10.0, low_open=True)
+    _number(cfg, "optim.weight_decay", 0.0, 1.0)
+    _choice(cfg, "optim.scheduler", SCHEDULERS)
+
+    _number(cfg, "trainer.max_epochs", 1, 100_000)
+    _number(cfg, "trainer.batch_size", 1, 1_000_000)
+    device = str(cfg.trainer.device)
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise ConfigError(f"trainer.device={device!r} is not supported: use auto, cpu, cuda or cuda:N")
+
+
+def flatten(cfg: DictConfig | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten a config to `{"loss.name": "ce", ...}` with dotted keys, as logged to MLflow."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    flat: dict[str, Any] = {}
+    for key, value in container.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
