@@ -40,6 +40,41 @@ def require_conf_dir() -> str:
     return str(CONF_DIR)
 
 
+def check_group_choices(arguments: list[str], groups: dict[str, Path]) -> None:
+    """Reject an unknown group option on the command line (`loss=foo`) with one line that lists the options.
+
+    Hydra rejects it too, but with a multi-line message about its search path; this check runs first.
+    `groups` maps a group name to the folder holding its option files.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for argument in arguments:
+        if argument.startswith("-") or "=" not in argument:
+            continue
+        try:
+            override = parser.parse_override(argument)
+        except HydraException:
+            continue  # Hydra reports grammar errors itself
+        folder = groups.get(override.key_or_group)
+        if folder is None or override.is_delete():
+            continue
+        value = override.value()
+        values = value.list if isinstance(value, ChoiceSweep) else [value]
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        for option in values:
+            if isinstance(option, str) and option not in options:
+                raise ConfigError(f"unknown {override.key_or_group} {option!r}: use one of {', '.join(options)}")
+
+
+def group_folders() -> dict[str, Path]:
+    folders = {group: CONF_DIR / group for group in ("data", "model", "augment", "loss", "resample", "optim", "trainer", "tracking")}
+    folders["sweep"] = SWEEPS_DIR
+    return folders
+
+
 def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> str:
     value = OmegaConf.select(cfg, key)
     if value not in allowed:

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from optuna.trial import TrialState
 
-from imbalance_sweep.config import CONF_DIR, SWEEPS_DIR, validate
+from imbalance_sweep.config import CONF_DIR, SWEEPS_DIR, check_group_choices, group_folders, validate
 from imbalance_sweep.errors import ConfigError
 from imbalance_sweep.report import format_summary
 from imbalance_sweep.search_space import SearchSpace, override_for, parse_search_space, suggest
@@ -312,4 +312,6 @@ def main(cfg: DictConfig) -> Optional[float]:
 
 
 if __name__ == "__main__":
+    with exit_on_config_error():
+        check_group_choices(sys.argv[1:], group_folders())
     main()

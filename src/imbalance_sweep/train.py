@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from imbalance_sweep.augment import build_augmenter
-from imbalance_sweep.config import CONF_DIR, flatten, validate
+from imbalance_sweep.config import CONF_DIR, check_group_choices, flatten, group_folders, validate
 from imbalance_sweep.data import ImageSplits, load_splits
 from imbalance_sweep.engine import Precision, epoch_batches, predict, resolve_device, seed_everything, train_one_epoch
 from imbalance_sweep.errors import ConfigError
@@ -101,7 +101,8 @@ def run(
             val, val_loss = _evaluate(model, val_images, val_labels, prepare, precision, splits.class_names)
             metrics = {"train/loss": train_loss, "val/loss": val_loss, **_prefixed("val", val.metrics)}
             tracked_run.log_metrics(metrics, step=epoch)
-            log.info(
+            log.log(
+                logging.INFO if trial is None else logging.DEBUG,
                 "epoch %d/%d train/loss %.4f val/loss %.4f val/macro_f1 %.4f val/balanced_accuracy %.4f",
                 epoch + 1, cfg.trainer.max_epochs, train_loss, val_loss, val.metrics["macro_f1"], val.metrics["balanced_accuracy"],
             )
@@ -206,4 +207,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    with exit_on_config_error():
+        check_group_choices(sys.argv[1:], group_folders())
     main()

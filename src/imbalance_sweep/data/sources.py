@@ -75,6 +75,8 @@ def load_digits_splits(cfg: DictConfig) -> ImageSplits:
 def load_npz_splits(cfg: DictConfig) -> ImageSplits:
     """Load a MedMNIST-style .npz (`{train,val,test}_{images,labels}`) without unpickling anything."""
     path = Path(cfg.path)
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"data.path {str(path)!r} is not an .npz archive: pass a file saved with numpy.savez or savez_compressed")
     try:
         with np.load(path, allow_pickle=False) as archive:
             expected = [f"{split}_{part}" for split in NPZ_SPLITS for part in ("images", "labels")]
