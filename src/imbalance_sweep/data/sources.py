@@ -194,8 +194,12 @@ def _list_split(split_root: Path, class_index: dict[str, int]) -> tuple[list[Pat
 def _open_image(path: Path) -> Image.Image:
     try:
         image = Image.open(path)
-        image.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ConfigError(f"cannot read image {path} ({error}): replace or remove the file") from None
+    try:
+        image.load()
+    except (OSError, SyntaxError) as error:
+        image.close()  # a truncated file fails here, after open() holds the file handle
         raise ConfigError(f"cannot read image {path} ({error}): replace or remove the file") from None
     return image
 

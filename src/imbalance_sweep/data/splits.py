@@ -63,10 +63,12 @@ def key_safe_class_names(names: list[str]) -> list[str]:
     """
     safe: list[str] = []
     for index, name in enumerate(names):
-        key = _UNSAFE_KEY_CHARS.sub("_", str(name)).strip()[:MAX_CLASS_KEY_LENGTH]
+        key = _UNSAFE_KEY_CHARS.sub("_", str(name)).strip()[:MAX_CLASS_KEY_LENGTH].rstrip()
         if not key:
             key = f"class_{index}"
-        if key in safe:
-            key = f"{key[:MAX_CLASS_KEY_LENGTH - 8]}_{index}"
+        stem, suffix = key, 0
+        while key in safe:  # the suffixed name may itself be taken, e.g. ["a", "a_2", "a"]
+            suffix += 1
+            key = f"{stem[:MAX_CLASS_KEY_LENGTH - 8]}_{index}" + (f"_{suffix}" if suffix > 1 else "")
         safe.append(key)
     return safe
