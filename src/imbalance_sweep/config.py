@@ -1,6 +1,6 @@
 """Locations of the config tree and validation of a composed run config.
 
-Hydra composes the config from `conf/`; this module checks the values Hydra cannot check (names of
+Hydra composes the config from `conf/`. This module checks the values Hydra cannot check (names of
 options, ranges, required paths) and raises `ConfigError` with one line naming the key and the fix.
 """
 

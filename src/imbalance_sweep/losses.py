@@ -22,8 +22,8 @@ def class_weights(counts: Sequence[int], scheme: str, beta: float = 0.999) -> to
     """Return per-class weights for `counts`, rescaled to sum to the number of classes.
 
     inverse: 1 / n_c. sqrt_inverse: 1 / sqrt(n_c). effective_number: (1 - beta) / (1 - beta^n_c), the
-    inverse effective number of samples (Cui et al., "Class-Balanced Loss Based on Effective Number
-    of Samples", CVPR 2019). A class with no samples gets weight 0: no sample of it is ever weighted.
+    inverse of the effective number of samples of the class-balanced loss. A class with no samples
+    gets weight 0, which never applies because no sample of it exists.
     """
     n = torch.as_tensor(list(counts), dtype=torch.float64)
     present = n > 0
@@ -40,7 +40,7 @@ def class_weights(counts: Sequence[int], scheme: str, beta: float = 0.999) -> to
 
 
 class FocalLoss(nn.Module):
-    """Focal loss (Lin et al., 2017): mean of -alpha_y (1 - p_y)^gamma log p_y.
+    """Focal loss: the mean of -alpha_y (1 - p_y)^gamma log p_y over the batch.
 
     With `alpha`, the mean divides by the sum of alpha_y over the batch, as weighted cross-entropy
     does, so gamma 0 gives exactly `F.cross_entropy(weight=alpha)`.

@@ -2,7 +2,7 @@
 
 Precision, recall and F1 use `zero_division=0`: a class that is never predicted gets precision 0
 instead of an undefined value. A class absent from a split is reported by name in a warning and
-keeps its keys (recall 0); balanced accuracy then averages over the classes present, as
+keeps its keys (recall 0). Balanced accuracy then averages over the classes present, as
 scikit-learn defines it.
 """
 

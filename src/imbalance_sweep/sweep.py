@@ -45,7 +45,7 @@ PARENT_RUN_ATTR = "mlflow_parent_run_id"
 class SweepConfig:
     """Settings of the `sweep` group; each file in sweeps/ overrides some of them and sets `params`."""
 
-    n_trials: int = 20  # the study stops once it holds this many finished (complete, pruned, failed) trials
+    n_trials: int = 20  # the study stops once it contains this many finished (complete, pruned, failed) trials
     timeout: Optional[float] = None  # seconds this command may spend before it stops starting new trials
     study_name: Optional[str] = None  # null: <sweep>-<data>-<hash of the base config>, so a changed setup starts a new study
     storage: str = "sqlite:///mlruns/optuna.db"  # Optuna storage URL, or a plain path for a journal file
@@ -250,8 +250,8 @@ def _run_trial(study: optuna.Study, space: SearchSpace, base_overrides: list[str
 def _sample_config(trial: optuna.Trial, space: SearchSpace, base_overrides: list[str]) -> tuple[DictConfig, list[str]]:
     """Sample group choices, then only the keys that exist in the config those choices compose.
 
-    A key that the chosen options lack (`loss.gamma` when `loss=ce`) is not sampled at all, so
-    Optuna sees a conditional search space.
+    A key that the chosen options lack (`loss.gamma` when `loss=ce`) is not sampled at all, which
+    makes the Optuna search space conditional.
     """
     sampled: list[str] = []
     for parameter in (p for p in space.parameters if p.is_group):
@@ -272,8 +272,8 @@ def _evaluate_best_on_test(
 ) -> tuple[dict[str, float], list[str]]:
     """Retrain the best trial's configuration and score it once on the test split, logged on the parent.
 
-    On the CPU a retrain with the same seed repeats the trial exactly; the parent's val/ curves are the
-    retrain's, and its test/ metrics are the only test-split numbers of the whole sweep.
+    On the CPU a retrain with the same seed repeats the trial exactly. The parent's val/ curves come
+    from the retrain, and its test/ metrics are the only test-split numbers of the whole sweep.
     """
     overrides = list(best.user_attrs.get("overrides", []))
     log.info("retraining best trial %d (%s) to score it on the test split", best.number, " ".join(overrides))

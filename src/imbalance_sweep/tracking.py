@@ -1,8 +1,8 @@
 """Every MLflow call of the project, through `MlflowClient` with explicit run ids.
 
-Explicit run ids (instead of MLflow's fluent, process-global active run) let a sweep hold its parent
-run open while trials open and close nested child runs, and let every exit path close its run with the
-right status: FINISHED, FAILED (with the error text as a tag) or KILLED on Ctrl-C.
+Explicit run ids (instead of MLflow's fluent, process-global active run) let a sweep keep its parent
+run open while trials open and close nested child runs. They also let every exit path close its run
+with the right status: FINISHED, FAILED (with the error text as a tag) or KILLED on Ctrl-C.
 """
 
 from __future__ import annotations

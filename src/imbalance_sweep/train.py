@@ -52,7 +52,7 @@ def run(
     """Train and evaluate one configuration and log it to MLflow.
 
     With `trial`, the `objective` metric is reported to Optuna after every epoch and the run stops with
-    `optuna.TrialPruned` when the pruner says so. With `tracked_run`, metrics go into that open run and
+    `optuna.TrialPruned` when the pruner decides to prune. With `tracked_run`, metrics go into that open run and
     the caller closes it; otherwise a new run is created from `cfg.tracking` and closed here.
     `evaluate_test` defaults to `trainer.evaluate_test` for plain runs and is always off for trials:
     the test split is never read by a search objective.

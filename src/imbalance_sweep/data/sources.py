@@ -31,7 +31,7 @@ _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 def long_tail_counts(n_max: int, num_classes: int, imbalance_ratio: float) -> list[int]:
     """Return per-class counts of an exponential long tail: n_c = n_max * ratio^(-c / (C - 1)).
 
-    This is the CIFAR-10-LT profile (Cao et al., LDAM, 2019): class 0 keeps n_max samples and the
+    This is the exponential profile used to build CIFAR-10-LT. Class 0 keeps n_max samples and the
     last class keeps n_max / ratio, rounded down and at least 1.
     """
     if num_classes == 1:
@@ -199,7 +199,7 @@ def _open_image(path: Path) -> Image.Image:
     try:
         image.load()
     except (OSError, SyntaxError) as error:
-        image.close()  # a truncated file fails here, after open() holds the file handle
+        image.close()  # a truncated file fails here, after open() has opened the file handle
         raise ConfigError(f"cannot read image {path} ({error}): replace or remove the file") from None
     return image
 
