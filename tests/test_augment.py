@@ -77,7 +77,7 @@ def test_flip_probability_one(key, dims):
 def test_per_sample_parameters(key, value, low, high):
     images = copies(16, low=low, high=high)
 
-    output = BatchAugmenter(augment_cfg(**{key: value}))(images, torch.Generator().manual_seed(0))
+    output = BatchAugmenter(augment_cfg(**{key: value}))(images, generator=torch.Generator().manual_seed(0))
 
     assert_pairwise_different(output)
 
@@ -85,7 +85,7 @@ def test_per_sample_parameters(key, value, low, high):
 def test_brightness_scales_each_sample():
     images = copies(16, low=0.2, high=0.6)
 
-    output = BatchAugmenter(augment_cfg(brightness=0.5))(images, torch.Generator().manual_seed(0))
+    output = BatchAugmenter(augment_cfg(brightness=0.5))(images, generator=torch.Generator().manual_seed(0))
 
     factors = (output / images).flatten(1)
     # One factor per sample, constant over its pixels and within [1 - 0.5, 1 + 0.5].
@@ -97,7 +97,7 @@ def test_brightness_scales_each_sample():
 def test_contrast_keeps_sample_mean():
     images = copies(16, low=0.2, high=0.6)
 
-    output = BatchAugmenter(augment_cfg(contrast=0.5))(images, torch.Generator().manual_seed(0))
+    output = BatchAugmenter(augment_cfg(contrast=0.5))(images, generator=torch.Generator().manual_seed(0))
 
     torch.testing.assert_close(output.mean(dim=(1, 2, 3)), images.mean(dim=(1, 2, 3)))
 
@@ -105,7 +105,7 @@ def test_contrast_keeps_sample_mean():
 def test_noise_std_matches_config():
     images = torch.full((64, 1, 32, 32), 0.5)
 
-    output = BatchAugmenter(augment_cfg(noise_std=0.1))(images, torch.Generator().manual_seed(0))
+    output = BatchAugmenter(augment_cfg(noise_std=0.1))(images, generator=torch.Generator().manual_seed(0))
 
     # At 0.5 the clamp to [0, 1] is 5 std away, so the std of 65,536 draws stays within 1% of 0.1.
     assert (output - images).std().item() == pytest.approx(0.1, rel=0.01)
@@ -128,9 +128,9 @@ def test_seeded_generator_repeats():
     augmenter = BatchAugmenter(augment_cfg(**EVERYTHING))
     images = random_batch()
 
-    first = augmenter(images, torch.Generator().manual_seed(7))
-    second = augmenter(images, torch.Generator().manual_seed(7))
-    other = augmenter(images, torch.Generator().manual_seed(8))
+    first = augmenter(images, generator=torch.Generator().manual_seed(7))
+    second = augmenter(images, generator=torch.Generator().manual_seed(7))
+    other = augmenter(images, generator=torch.Generator().manual_seed(8))
 
     assert torch.equal(first, second)
     assert not torch.equal(first, other)
@@ -140,7 +140,7 @@ def test_output_range_shape_dtype():
     augmenter = BatchAugmenter(augment_cfg(**EVERYTHING))
     images = random_batch(n=32)
 
-    output = augmenter(images, torch.Generator().manual_seed(0))
+    output = augmenter(images, generator=torch.Generator().manual_seed(0))
 
     assert output.shape == images.shape
     assert output.dtype == images.dtype
@@ -159,7 +159,7 @@ def test_affine_zero_magnitude_identity():
 def test_affine_rotation_only():
     images = random_batch(n=256)
 
-    matrices = BatchAugmenter(augment_cfg(rotation=30.0)).affine_matrices(images, torch.Generator().manual_seed(0))
+    matrices = BatchAugmenter(augment_cfg(rotation=30.0)).affine_matrices(images, generator=torch.Generator().manual_seed(0))
 
     blocks = matrices[:, :2, :2]
     eye = torch.eye(2).expand(len(images), 2, 2)
@@ -190,7 +190,7 @@ def test_translate_moves_pixel_bounded():
     images[:, 0, size // 2, size // 2] = 1.0
     augmenter = BatchAugmenter(augment_cfg(translate=0.25))
 
-    output = augmenter(images, torch.Generator().manual_seed(0))
+    output = augmenter(images, generator=torch.Generator().manual_seed(0))
 
     shift = bright_pixel_centroids(output) - size // 2
     assert shift.abs().max() <= 0.25 * size + 1e-3
@@ -204,8 +204,8 @@ def test_translate_matches_matrix():
     images[:, 0, size // 2, size // 2] = 1.0
     augmenter = BatchAugmenter(augment_cfg(translate=0.25))
 
-    matrices = augmenter.affine_matrices(images, torch.Generator().manual_seed(3))
-    output = augmenter(images, torch.Generator().manual_seed(3))
+    matrices = augmenter.affine_matrices(images, generator=torch.Generator().manual_seed(3))
+    output = augmenter(images, generator=torch.Generator().manual_seed(3))
 
     # Bilinear sampling reproduces linear functions, so the centroid moves by exactly the shift.
     # The matrix stores the shift in [-1, 1] coordinates, where one image side is 2.
@@ -218,7 +218,7 @@ def test_rotation_keeps_centre_pixel():
     images = torch.zeros(16, 1, size, size)
     images[:, 0, size // 2, size // 2] = 1.0
 
-    output = BatchAugmenter(augment_cfg(rotation=45.0))(images, torch.Generator().manual_seed(0))
+    output = BatchAugmenter(augment_cfg(rotation=45.0))(images, generator=torch.Generator().manual_seed(0))
 
     torch.testing.assert_close(output[:, 0, size // 2, size // 2], torch.ones(16), atol=1e-5, rtol=0)
 
@@ -230,8 +230,8 @@ def test_zoom_scales_distance():
     images[:, 0, centre, centre + 8] = 1.0
     augmenter = BatchAugmenter(augment_cfg(zoom=0.25))
 
-    matrices = augmenter.affine_matrices(images, torch.Generator().manual_seed(0))
-    output = augmenter(images, torch.Generator().manual_seed(0))
+    matrices = augmenter.affine_matrices(images, generator=torch.Generator().manual_seed(0))
+    output = augmenter(images, generator=torch.Generator().manual_seed(0))
 
     # Zoom scales about the image centre, so the pixel 8 px right of it moves to 8 * scale px.
     # Sampling at a spacing of 1 / scale px blurs the centroid by a fraction of a pixel (0.13 px at

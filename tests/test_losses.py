@@ -42,7 +42,7 @@ def test_focal_gamma_zero_equals_cross_entropy():
 
 def test_focal_gamma_zero_alpha_equals_weighted_ce():
     alpha = torch.tensor([0.2, 1.0, 1.8])
-    focal = FocalLoss(gamma=0.0, alpha=alpha)
+    focal = FocalLoss(gamma=0.0, weight=alpha)
     expected = F.cross_entropy(LOGITS, TARGETS, weight=alpha).item()
     assert focal(LOGITS, TARGETS).item() == pytest.approx(expected, rel=1e-6)
 

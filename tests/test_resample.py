@@ -150,7 +150,7 @@ def test_weighted_sampler_draw_frequencies(power):
     generator = torch.Generator().manual_seed(0)
     drawn = collections.Counter()
     for _ in range(100):  # 100 epochs of 210 draws
-        for batch in epoch_batches(len(split), 64, generator, result.sample_weights):
+        for batch in epoch_batches(len(split), 64, generator, result.sample_weights(0)):
             drawn.update(split.labels[batch].tolist())
     total = sum(drawn.values())
     for label, probability in enumerate(expected):

@@ -19,15 +19,23 @@ SWEEPS_DIR = PROJECT_ROOT / "sweeps"
 
 DATA_SOURCES = ("digits", "npz", "imagefolder")
 MODELS = ("small_cnn", "resnet18")
-LOSSES = ("ce", "weighted_ce", "focal")
+LOSSES = ("ce", "weighted_ce", "focal", "class_balanced", "ldam", "balanced_softmax", "logit_adjusted")
 WEIGHT_SCHEMES = ("inverse", "sqrt_inverse", "effective_number")
-RESAMPLERS = ("none", "random_over", "random_under", "hybrid", "smote", "weighted_sampler")
+RESAMPLERS = (
+    "none", "random_over", "random_under", "hybrid", "smote", "borderline_smote", "adasyn", "smote_enn",
+    "smote_tomek", "tomek_links", "near_miss", "weighted_sampler", "progressive_sampler",
+)
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "none")
 PADDING_MODES = ("zeros", "border", "reflection")
-AUGMENT_MAGNITUDES = (
-    "rotation", "translate", "shear", "zoom", "hflip", "vflip", "brightness", "contrast", "noise_std",
-)
+# Upper bound of each augmentation setting; every lower bound is 0.
+AUGMENT_LIMITS = {
+    "rotation": 180.0, "translate": 1.0, "shear": 89.0, "zoom": 1.0, "hflip": 1.0, "vflip": 1.0,
+    "brightness": 1.0, "contrast": 1.0, "saturation": 1.0, "hue": 0.5, "noise_std": 1.0,
+    "salt_pepper": 1.0, "erasing": 1.0, "mixup_alpha": 100.0, "cutmix_alpha": 100.0, "mix_prob": 1.0,
+    "policy_magnitude": 30, "policy_num_ops": 14, "rare_class_boost": 10.0,
+}
+POLICIES = ("none", "randaugment", "trivialaugment")
 
 
 def require_conf_dir() -> str:
@@ -121,36 +129,11 @@ def validate(cfg: DictConfig) -> None:
 
     _choice(cfg, "model.name", MODELS)
 
-    loss = _choice(cfg, "loss.name", LOSSES)
-    if loss == "weighted_ce":
-        _choice(cfg, "loss.weights", WEIGHT_SCHEMES)
-    if loss == "focal":
-        _choice(cfg, "loss.weights", ("none",) + WEIGHT_SCHEMES)
-        _number(cfg, "loss.gamma", 0.0, 10.0)
-    if loss in ("weighted_ce", "focal"):
-        _number(cfg, "loss.beta", 0.0, 1.0, low_open=True)
-        if cfg.loss.beta >= 1.0:
-            raise ConfigError(f"loss.beta={cfg.loss.beta} must be below 1: use e.g. 0.999")
+    _validate_loss(cfg)
 
-    resampler = _choice(cfg, "resample.name", RESAMPLERS)
-    if resampler in ("random_over", "random_under", "smote"):
-        _ratio(cfg, "resample.ratio")
-    if resampler == "hybrid":
-        over = _ratio(cfg, "resample.over_ratio")
-        under = _ratio(cfg, "resample.under_ratio")
-        if under < over:
-            raise ConfigError(
-                f"resample.under_ratio={under} is below resample.over_ratio={over}: "
-                "under-sampling can only raise the ratio, so set under_ratio >= over_ratio"
-            )
-    if resampler == "smote":
-        _number(cfg, "resample.k_neighbors", 1, 100)
-    if resampler == "weighted_sampler":
-        _number(cfg, "resample.power", 0.0, 1.0)
+    _validate_resample(cfg)
 
-    for key in AUGMENT_MAGNITUDES:
-        _number(cfg, f"augment.{key}", 0.0, 1.0 if key in ("hflip", "vflip", "translate", "zoom", "noise_std") else 180.0)
-    _choice(cfg, "augment.padding_mode", PADDING_MODES)
+    _validate_augment(cfg)
 
     _choice(cfg, "optim.name", OPTIMIZERS)
     _number(cfg, "optim.lr", 0.0, 10.0, low_open=True)
@@ -162,6 +145,75 @@ def validate(cfg: DictConfig) -> None:
     device = str(cfg.trainer.device)
     if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise ConfigError(f"trainer.device={device!r} is not supported: use auto, cpu, cuda or cuda:N")
+
+
+def _validate_loss(cfg: DictConfig) -> None:
+    loss = _choice(cfg, "loss.name", LOSSES)
+    if "label_smoothing" in cfg.loss:
+        _number(cfg, "loss.label_smoothing", 0.0, 1.0)
+        if cfg.loss.label_smoothing >= 1.0:
+            raise ConfigError(f"loss.label_smoothing={cfg.loss.label_smoothing} must be below 1: use e.g. 0.1")
+    if loss == "weighted_ce":
+        _choice(cfg, "loss.weights", WEIGHT_SCHEMES)
+    if loss == "focal":
+        _choice(cfg, "loss.weights", ("none",) + WEIGHT_SCHEMES)
+    if loss in ("focal", "class_balanced"):
+        _number(cfg, "loss.gamma", 0.0, 10.0)
+    if loss == "class_balanced":
+        base = _choice(cfg, "loss.base", ("ce", "focal"))
+        if base == "focal" and cfg.loss.label_smoothing > 0:
+            raise ConfigError("loss.label_smoothing applies to cross-entropy only: set it to 0 with loss.base=focal")
+    if loss in ("weighted_ce", "focal", "class_balanced"):
+        _beta(cfg, "loss.beta")
+    if loss == "ldam":
+        _number(cfg, "loss.max_margin", 0.0, 10.0, low_open=True)
+        _number(cfg, "loss.scale", 0.0, 1000.0, low_open=True)
+        _beta(cfg, "loss.drw_beta")
+        start = cfg.loss.drw_start_epoch
+        if start is not None and (isinstance(start, bool) or not isinstance(start, int) or start < 0):
+            raise ConfigError(f"loss.drw_start_epoch={start!r} is invalid: use an epoch number >= 0, or null to turn DRW off")
+    if loss == "logit_adjusted":
+        _number(cfg, "loss.tau", 0.0, 10.0)
+
+
+def _validate_resample(cfg: DictConfig) -> None:
+    resampler = _choice(cfg, "resample.name", RESAMPLERS)
+    if "ratio" in cfg.resample:
+        _ratio(cfg, "resample.ratio")
+    if resampler == "hybrid":
+        over = _ratio(cfg, "resample.over_ratio")
+        under = _ratio(cfg, "resample.under_ratio")
+        if under < over:
+            raise ConfigError(
+                f"resample.under_ratio={under} is below resample.over_ratio={over}: "
+                "under-sampling can only raise the ratio, so set under_ratio >= over_ratio"
+            )
+    for key in ("k_neighbors", "m_neighbors", "enn_neighbors", "n_neighbors"):
+        if key in cfg.resample:
+            _number(cfg, f"resample.{key}", 1, 100)
+    if resampler == "borderline_smote":
+        _choice(cfg, "resample.kind", ("borderline-1", "borderline-2"))
+    if resampler == "near_miss" and cfg.resample.version not in (1, 2, 3):
+        raise ConfigError(f"resample.version={cfg.resample.version!r} is invalid: NearMiss has versions 1, 2 and 3")
+    if resampler == "tomek_links":
+        _choice(cfg, "resample.remove_from", ("not_minority", "all"))
+    if resampler == "weighted_sampler":
+        _number(cfg, "resample.power", 0.0, 1.0)
+
+
+def _validate_augment(cfg: DictConfig) -> None:
+    for key, high in AUGMENT_LIMITS.items():
+        if key in cfg.augment:
+            _number(cfg, f"augment.{key}", 0.0, high)
+    _choice(cfg, "augment.padding_mode", PADDING_MODES)
+    if "policy" in cfg.augment:
+        _choice(cfg, "augment.policy", POLICIES)
+
+
+def _beta(cfg: DictConfig, key: str) -> None:
+    value = _number(cfg, key, 0.0, 1.0)
+    if value >= 1.0:
+        raise ConfigError(f"{key}={value} must be below 1: use e.g. 0.999")
 
 
 def flatten(cfg: DictConfig | dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -79,20 +79,24 @@ def train_one_epoch(
     batches: list[torch.Tensor],
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
-    prepare: Callable[[torch.Tensor, bool], torch.Tensor],
+    prepare: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]],
     precision: Precision,
     epoch: int,
 ) -> float:
-    """Run one epoch over `batches` of indices into on-device `images` and `labels`; return the mean loss."""
+    """Run one epoch over `batches` of indices into on-device `images` and `labels`; return the mean loss.
+
+    `prepare` turns a uint8 batch and its labels into model inputs, plus the partner labels and
+    mixing weights when Mixup or CutMix mixed the batch.
+    """
     model.train()
     total, seen = 0.0, 0
     for index in batches:
         index = index.to(images.device)
-        inputs = prepare(images[index], True)
         targets = labels[index]
+        inputs, targets_b, lam = prepare(images[index], targets)
         with precision.autocast():
             logits = model(inputs)
-        loss = loss_fn(logits.float(), targets)
+        loss = loss_fn(logits.float(), targets, targets_b, lam)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}: lower optim.lr or check the data")
 
@@ -111,17 +115,23 @@ def predict(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    prepare: Callable[[torch.Tensor, bool], torch.Tensor],
+    prepare: Callable[[torch.Tensor], torch.Tensor],
     precision: Precision,
+    adjust_logits: Callable[[torch.Tensor], torch.Tensor] | None = None,
     batch_size: int = 512,
 ) -> tuple[np.ndarray, float]:
-    """Return predicted classes and the mean unweighted cross-entropy over a whole split."""
+    """Return predicted classes and the mean unweighted cross-entropy over a whole split.
+
+    `adjust_logits` (the loss's `prediction_logits`) maps the model's logits before both.
+    """
     model.eval()
     predictions, total = [], 0.0
     for start in range(0, len(labels), batch_size):
-        inputs = prepare(images[start : start + batch_size], False)
+        inputs = prepare(images[start : start + batch_size])
         with precision.autocast():
             logits = model(inputs).float()
+        if adjust_logits is not None:
+            logits = adjust_logits(logits)
         total += F.cross_entropy(logits, labels[start : start + batch_size], reduction="sum").item()
         predictions.append(logits.argmax(dim=1).cpu())
     mean_loss = total / len(labels) if len(labels) else math.nan

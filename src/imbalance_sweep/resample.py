@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from imblearn.over_sampling import SMOTE, RandomOverSampler
-from imblearn.under_sampling import RandomUnderSampler
+from imblearn.combine import SMOTEENN, SMOTETomek
+from imblearn.over_sampling import ADASYN, SMOTE, BorderlineSMOTE, RandomOverSampler
+from imblearn.under_sampling import EditedNearestNeighbours, NearMiss, RandomUnderSampler, TomekLinks
 from omegaconf import DictConfig
 
 from imbalance_sweep.data import Split
+from imbalance_sweep.config import RESAMPLERS
 from imbalance_sweep.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -27,13 +30,18 @@ log = logging.getLogger(__name__)
 class ResampledTrain:
     """The training split after resampling.
 
-    `sample_weights` is set only for `weighted_sampler`: the trainer then draws each epoch's indices
-    with replacement using these weights, and `class_counts` holds the expected counts per epoch.
+    `sample_weights(epoch)` is set for the sampler methods only (`weighted_sampler`,
+    `progressive_sampler`): the trainer then draws each epoch's indices with replacement using those
+    per-sample weights, and `class_counts` holds the expected counts per epoch, averaged over epochs.
     """
 
     split: Split
     class_counts: list[int]
-    sample_weights: torch.Tensor | None = None
+    sample_weights: Callable[[int], torch.Tensor] | None = None
+
+
+OVER_SAMPLERS = ("random_over", "smote", "borderline_smote", "adasyn", "smote_enn", "smote_tomek")
+UNDER_SAMPLERS = ("random_under", "near_miss")
 
 
 def over_sampling_targets(counts: list[int], ratio: float) -> dict[int, int]:
@@ -62,7 +70,28 @@ def sampler_class_probabilities(counts: list[int], power: float) -> np.ndarray:
     return mass / mass.sum()
 
 
-def resample_train(train: Split, cfg: DictConfig, class_names: list[str], seed: int) -> ResampledTrain:
+def progressive_class_probabilities(counts: list[int], epoch: int, max_epochs: int) -> np.ndarray:
+    """Return class probabilities moving linearly from the data's frequencies (first epoch) to balanced (last)."""
+    progress = epoch / max(max_epochs - 1, 1)
+    return (1 - progress) * sampler_class_probabilities(counts, 1.0) + progress * sampler_class_probabilities(counts, 0.0)
+
+
+def check_ratio_reachable(counts: list[int], ratio: float, method: str, key: str = "resample.ratio") -> None:
+    """Raise when the training split's smallest / largest ratio already exceeds `ratio`.
+
+    An over-sampler could then only reach `ratio` by removing samples, an under-sampler only by adding.
+    """
+    present = [n for n in counts if n > 0]
+    current = min(present) / max(present)
+    if ratio < current - 1e-9:
+        action = "removing" if method in OVER_SAMPLERS else "adding"
+        raise ConfigError(
+            f"{key}={ratio} is below the training split's current ratio {current:.3f} (smallest / largest class): "
+            f"resample={method} cannot reach it without {action} samples; use a ratio >= {current:.3f} or resample=none"
+        )
+
+
+def resample_train(train: Split, cfg: DictConfig, class_names: list[str], seed: int, max_epochs: int = 1) -> ResampledTrain:
     """Resample the training split as `cfg` (the `resample` group) says."""
     num_classes = len(class_names)
     counts = train.class_counts(num_classes)
@@ -71,29 +100,95 @@ def resample_train(train: Split, cfg: DictConfig, class_names: list[str], seed: 
 
     if name == "none":
         return ResampledTrain(train, counts)
-    if name == "weighted_sampler":
-        probabilities = sampler_class_probabilities(counts, cfg.power)
-        # Each sample of class c gets p_c / n_c, so the class as a whole is drawn with probability p_c.
-        per_class = np.divide(probabilities, counts, out=np.zeros_like(probabilities), where=np.asarray(counts) > 0)
-        weights = torch.from_numpy(per_class[labels])
-        expected = np.round(probabilities * len(train)).astype(int).tolist()
-        return ResampledTrain(train, expected, sample_weights=weights)
+    if name in ("weighted_sampler", "progressive_sampler"):
+        return _sampler(train, counts, cfg, max_epochs)
+    if name == "tomek_links":
+        strategy = "all" if cfg.remove_from == "all" else "auto"
+        return _subset_by_sampler(train, TomekLinks(sampling_strategy=strategy), name, num_classes)
+
+    ratio_key = "resample.over_ratio" if name == "hybrid" else "resample.ratio"
+    ratio = cfg.over_ratio if name == "hybrid" else cfg.ratio
+    check_ratio_reachable(counts, ratio, name if name != "hybrid" else "random_over", ratio_key)
+
     if name == "random_over":
-        index = _resample_indices(RandomOverSampler, over_sampling_targets(counts, cfg.ratio), labels, seed)
+        index = _resample_indices(RandomOverSampler, over_sampling_targets(counts, ratio), labels, seed)
         return _take(train, index, num_classes)
     if name == "random_under":
-        index = _resample_indices(RandomUnderSampler, under_sampling_targets(counts, cfg.ratio), labels, seed)
+        index = _resample_indices(RandomUnderSampler, under_sampling_targets(counts, ratio), labels, seed)
         return _take(train, index, num_classes)
     if name == "hybrid":
-        over = _resample_indices(RandomOverSampler, over_sampling_targets(counts, cfg.over_ratio), labels, seed)
+        over = _resample_indices(RandomOverSampler, over_sampling_targets(counts, ratio), labels, seed)
         over_counts = np.bincount(labels[over], minlength=num_classes).tolist()
+        check_ratio_reachable(over_counts, cfg.under_ratio, "random_under", "resample.under_ratio")
         under = _resample_indices(RandomUnderSampler, under_sampling_targets(over_counts, cfg.under_ratio), labels[over], seed)
         return _take(train, over[under], num_classes)
+    if name == "near_miss":
+        targets = under_sampling_targets(counts, ratio)
+        if not targets:
+            return ResampledTrain(train, counts)
+        sampler = NearMiss(sampling_strategy=targets, version=int(cfg.version), n_neighbors=int(cfg.n_neighbors))
+        return _subset_by_sampler(train, sampler, name, num_classes)
+
+    targets = over_sampling_targets(counts, ratio)
+    if not targets:
+        return ResampledTrain(train, counts)
+    k = _neighbours_for_smallest(counts, targets, int(cfg.k_neighbors), name, class_names)
     if name == "smote":
-        return _smote(train, counts, cfg, class_names, seed)
-    raise ConfigError(f"unknown resample.name {name!r}: use none, random_over, random_under, hybrid, smote or weighted_sampler")
+        sampler = SMOTE(sampling_strategy=targets, k_neighbors=k, random_state=seed)
+    elif name == "borderline_smote":
+        sampler = BorderlineSMOTE(
+            sampling_strategy=targets, k_neighbors=k, m_neighbors=int(cfg.m_neighbors), kind=str(cfg.kind), random_state=seed
+        )
+    elif name == "adasyn":
+        sampler = ADASYN(sampling_strategy=targets, n_neighbors=k, random_state=seed)
+    elif name == "smote_enn":
+        smote = SMOTE(sampling_strategy=targets, k_neighbors=k, random_state=seed)
+        sampler = SMOTEENN(smote=smote, enn=EditedNearestNeighbours(n_neighbors=int(cfg.enn_neighbors)), random_state=seed)
+    elif name == "smote_tomek":
+        sampler = SMOTETomek(smote=SMOTE(sampling_strategy=targets, k_neighbors=k, random_state=seed), random_state=seed)
+    else:
+        raise ConfigError(f"unknown resample.name {name!r}: use one of {', '.join(RESAMPLERS)}")
+    return _synthesise(train, sampler, name, num_classes)
 
 
+def _sampler(train: Split, counts: list[int], cfg: DictConfig, max_epochs: int) -> ResampledTrain:
+    labels = train.labels.numpy()
+    present = np.asarray(counts) > 0
+
+    def weights_from(probabilities: np.ndarray) -> torch.Tensor:
+        # Each sample of class c gets p_c / n_c, so the class as a whole is drawn with probability p_c.
+        per_class = np.divide(probabilities, counts, out=np.zeros_like(probabilities), where=present)
+        return torch.from_numpy(per_class[labels])
+
+    if cfg.name == "weighted_sampler":
+        probabilities = sampler_class_probabilities(counts, cfg.power)
+        weights = weights_from(probabilities)
+        expected = probabilities * len(train)
+        return ResampledTrain(train, np.round(expected).astype(int).tolist(), sample_weights=lambda epoch: weights)
+
+    def progressive(epoch: int) -> torch.Tensor:
+        return weights_from(progressive_class_probabilities(counts, epoch, max_epochs))
+
+    average = np.mean([progressive_class_probabilities(counts, e, max_epochs) for e in range(max_epochs)], axis=0)
+    return ResampledTrain(train, np.round(average * len(train)).astype(int).tolist(), sample_weights=progressive)
+
+
+def _neighbours_for_smallest(counts: list[int], targets: dict[int, int], k: int, name: str, class_names: list[str]) -> int:
+    """Lower k (with a warning) so every class that gains samples has more than k of its own."""
+    smallest = min(counts[c] for c in targets)
+    if smallest < 2:
+        rare = [c for c in targets if counts[c] == smallest]
+        raise ConfigError(
+            f"class {class_names[rare[0]]!r} has {smallest} training sample and {name} needs at least 2: "
+            "use resample=random_over or add samples of that class"
+        )
+    if k >= smallest:
+        log.warning(
+            "resample.k_neighbors=%d needs more than %d samples per class; the smallest class has %d, "
+            "so %s runs with k_neighbors=%d", k, k, smallest, name, smallest - 1,
+        )
+        k = smallest - 1
+    return k
 def _resample_indices(sampler_class, targets: dict[int, int], labels: np.ndarray, seed: int) -> np.ndarray:
     """Resample sample indices instead of images: cheap, and keeps images bit-identical."""
     if not targets:
@@ -109,30 +204,29 @@ def _take(train: Split, index: np.ndarray, num_classes: int) -> ResampledTrain:
     return ResampledTrain(split, split.class_counts(num_classes))
 
 
-def _smote(train: Split, counts: list[int], cfg: DictConfig, class_names: list[str], seed: int) -> ResampledTrain:
-    targets = over_sampling_targets(counts, cfg.ratio)
-    if not targets:
-        return ResampledTrain(train, counts)
-    smallest = min(counts[c] for c in targets)
-    if smallest < 2:
-        rare = [c for c in targets if counts[c] == smallest]
-        raise ConfigError(
-            f"class {class_names[rare[0]]!r} has {smallest} training sample and SMOTE needs at least 2: "
-            "use resample=random_over or add samples of that class"
-        )
-    k_neighbors = int(cfg.k_neighbors)
-    if k_neighbors >= smallest:
-        log.warning(
-            "resample.k_neighbors=%d needs more than %d samples per class; the smallest class has %d, "
-            "so SMOTE runs with k_neighbors=%d", k_neighbors, k_neighbors, smallest, smallest - 1,
-        )
-        k_neighbors = smallest - 1
+def _flat_features(train: Split) -> np.ndarray:
+    return train.images.reshape(len(train), -1).numpy().astype(np.float32)
 
+
+def _fit_resample(sampler, features: np.ndarray, labels: np.ndarray, name: str):
+    try:
+        return sampler.fit_resample(features, labels)
+    except (ValueError, RuntimeError) as error:
+        message = str(error).strip().splitlines()[0]
+        raise ConfigError(f"resample={name} failed on this training split ({message}): try another resample method") from None
+
+
+def _synthesise(train: Split, sampler, name: str, num_classes: int) -> ResampledTrain:
+    """Run an imbalanced-learn sampler that creates samples on flattened images; keep shape and dtype."""
     shape = train.images.shape[1:]
-    flat = train.images.reshape(len(train), -1).numpy().astype(np.float32)
-    sampler = SMOTE(sampling_strategy=targets, k_neighbors=k_neighbors, random_state=seed)
-    resampled, labels = sampler.fit_resample(flat, train.labels.numpy())
+    resampled, labels = _fit_resample(sampler, _flat_features(train), train.labels.numpy(), name)
     # Synthetic samples interpolate between uint8 images: round back to the source dtype.
     images = np.clip(np.rint(resampled), 0, 255).astype(np.uint8).reshape(-1, *shape)
     split = Split(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)))
-    return ResampledTrain(split, split.class_counts(len(class_names)))
+    return ResampledTrain(split, split.class_counts(num_classes))
+
+
+def _subset_by_sampler(train: Split, sampler, name: str, num_classes: int) -> ResampledTrain:
+    """Run an imbalanced-learn under-sampler and keep the chosen original images bit-identical."""
+    _fit_resample(sampler, _flat_features(train), train.labels.numpy(), name)
+    return _take(train, np.sort(sampler.sample_indices_), num_classes)

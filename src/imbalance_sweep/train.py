@@ -15,7 +15,7 @@ import optuna
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from imbalance_sweep.augment import build_augmenter
+from imbalance_sweep.augment import BatchAugmenter, build_augmenter
 from imbalance_sweep.config import CONF_DIR, check_group_choices, flatten, group_folders, validate
 from imbalance_sweep.data import ImageSplits, load_splits
 from imbalance_sweep.engine import Precision, epoch_batches, predict, resolve_device, seed_everything, train_one_epoch
@@ -66,16 +66,19 @@ def run(
     seed_everything(cfg.seed)
     device = resolve_device(str(cfg.trainer.device))
     splits = load_splits(cfg.data)
-    resampled = resample_train(splits.train, cfg.resample, splits.class_names, cfg.seed)
+    resampled = resample_train(splits.train, cfg.resample, splits.class_names, cfg.seed, cfg.trainer.max_epochs)
     log.info("resample=%s: train class counts %s -> %s", cfg.resample.name, splits.train.class_counts(splits.num_classes), resampled.class_counts)
 
-    model = build_model(cfg.model, splits.channels, splits.num_classes, splits.image_size).to(device)
+    cosine_head = bool(cfg.loss.get("normalize_head", False))
+    model = build_model(cfg.model, splits.channels, splits.num_classes, splits.image_size, cosine_head).to(device)
     loss_fn = build_loss(cfg.loss, resampled.class_counts).to(device)
-    augmenter = build_augmenter(cfg.augment)
+    augmenter = build_augmenter(cfg.augment, splits.train.class_counts(splits.num_classes), cfg.seed)
+    if splits.channels == 1 and (cfg.augment.get("saturation", 0) > 0 or cfg.augment.get("hue", 0) > 0):
+        log.warning("augment.saturation and augment.hue have no effect on single-channel images")
     optimizer = _build_optimizer(cfg.optim, model)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.trainer.max_epochs) if cfg.optim.scheduler == "cosine" else None
     precision = Precision(device, bool(cfg.trainer.amp))
-    prepare = _input_pipeline(splits, augmenter, device, cfg.seed)
+    prepare_train, prepare_eval = _input_pipeline(splits, augmenter, device, cfg.seed)
 
     owns_run = tracked_run is None
     if owns_run:
@@ -93,12 +96,14 @@ def run(
         shuffle = torch.Generator().manual_seed(cfg.seed)
 
         for epoch in range(cfg.trainer.max_epochs):
-            batches = epoch_batches(len(train_labels), cfg.trainer.batch_size, shuffle, resampled.sample_weights)
-            train_loss = train_one_epoch(model, train_images, train_labels, batches, loss_fn, optimizer, prepare, precision, epoch)
+            weights = resampled.sample_weights(epoch) if resampled.sample_weights else None
+            batches = epoch_batches(len(train_labels), cfg.trainer.batch_size, shuffle, weights)
+            loss_fn.set_epoch(epoch)
+            train_loss = train_one_epoch(model, train_images, train_labels, batches, loss_fn, optimizer, prepare_train, precision, epoch)
             if scheduler is not None:
                 scheduler.step()
 
-            val, val_loss = _evaluate(model, val_images, val_labels, prepare, precision, splits.class_names)
+            val, val_loss = _evaluate(model, val_images, val_labels, prepare_eval, precision, loss_fn, splits.class_names)
             metrics = {"train/loss": train_loss, "val/loss": val_loss, **_prefixed("val", val.metrics)}
             tracked_run.log_metrics(metrics, step=epoch)
             log.log(
@@ -119,7 +124,7 @@ def run(
         test = None
         if evaluate_test:
             test, test_loss = _evaluate(
-                model, splits.test.images.to(device), splits.test.labels.to(device), prepare, precision, splits.class_names
+                model, splits.test.images.to(device), splits.test.labels.to(device), prepare_eval, precision, loss_fn, splits.class_names
             )
             metrics.update({"test/loss": test_loss, **_prefixed("test", test.metrics)})
             tracked_run.log_metrics({"test/loss": test_loss, **_prefixed("test", test.metrics)}, step=cfg.trainer.max_epochs - 1)
@@ -136,28 +141,35 @@ def _build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Opt
     raise ConfigError(f"unknown optim.name {cfg.name!r}: use adamw or sgd")
 
 
-def _input_pipeline(splits: ImageSplits, augmenter, device: torch.device, seed: int):
-    """Return `prepare(uint8 batch, training)`: scale to [0, 1], augment (training only), standardise.
+def _input_pipeline(splits: ImageSplits, augmenter: BatchAugmenter, device: torch.device, seed: int):
+    """Return the batch preparation for training and for evaluation.
 
-    Mean and standard deviation per channel come from the training split as loaded, before
-    resampling, so synthetic or duplicated samples do not shift them.
+    Training: policy augmentation on uint8, scale to [0, 1], per-sample transforms, Mixup or CutMix,
+    standardise. Evaluation: scale and standardise only. Mean and standard deviation per channel come
+    from the training split as loaded, before resampling, so synthetic or duplicated samples do not
+    shift them.
     """
     pixels = splits.train.images.float().div(255)
     mean = pixels.mean(dim=(0, 2, 3)).view(1, -1, 1, 1).to(device)
     std = pixels.std(dim=(0, 2, 3)).clamp(min=1e-6).view(1, -1, 1, 1).to(device)
     generator = torch.Generator().manual_seed(seed + 1)
 
-    def prepare(batch: torch.Tensor, training: bool) -> torch.Tensor:
-        images = batch.float().div(255)
-        if training and augmenter.enabled:
-            images = augmenter(images, generator)
-        return (images - mean) / std
+    def prepare_train(batch: torch.Tensor, labels: torch.Tensor):
+        if not augmenter.enabled:
+            return (batch.float().div(255) - mean) / std, None, None
+        images = augmenter.apply_policy(batch, labels).float().div(255)
+        images = augmenter(images, labels, generator)
+        images, labels_b, lam = augmenter.mix(images, labels, generator)
+        return (images - mean) / std, labels_b, lam
 
-    return prepare
+    def prepare_eval(batch: torch.Tensor) -> torch.Tensor:
+        return (batch.float().div(255) - mean) / std
+
+    return prepare_train, prepare_eval
 
 
-def _evaluate(model, images, labels, prepare, precision, class_names) -> tuple[Evaluation, float]:
-    predicted, loss = predict(model, images, labels, prepare, precision)
+def _evaluate(model, images, labels, prepare, precision, loss_fn, class_names) -> tuple[Evaluation, float]:
+    predicted, loss = predict(model, images, labels, prepare, precision, loss_fn.prediction_logits)
     return evaluate_predictions(labels.cpu().numpy(), predicted, class_names), loss
 
 
