@@ -5,21 +5,11 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from imbalance_sweep.augment import BatchAugmenter
+from imbalance_sweep.augment import BatchAugmenter, class_strength_factors
+from imbalance_sweep.config import CONF_DIR
 
-# conf/augment/none.yaml: every magnitude 0.
-NONE = {
-    "rotation": 0.0,
-    "translate": 0.0,
-    "shear": 0.0,
-    "zoom": 0.0,
-    "hflip": 0.0,
-    "vflip": 0.0,
-    "brightness": 0.0,
-    "contrast": 0.0,
-    "noise_std": 0.0,
-    "padding_mode": "zeros",
-}
+# Every magnitude 0, read from the config file users start from.
+NONE = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "augment" / "none.yaml"))
 
 
 def augment_cfg(**overrides) -> DictConfig:
@@ -240,3 +230,127 @@ def test_zoom_scales_distance():
     torch.testing.assert_close(distance, 8 * matrices[:, 0, 0], atol=0.25, rtol=0)
     assert matrices[:, 0, 0].min() >= 0.75
     assert matrices[:, 0, 0].max() <= 1.25
+
+
+def rgb_copies(n: int = 16, size: int = 8) -> torch.Tensor:
+    image = random_batch(1, 3, size, seed=2)
+    return image.expand(n, -1, -1, -1).clone()
+
+
+@pytest.mark.parametrize(("key", "value"), [("saturation", 0.8), ("hue", 0.3)])
+def test_colour_transforms_per_sample(key, value):
+    output = BatchAugmenter(augment_cfg(**{key: value}))(rgb_copies(), generator=torch.Generator().manual_seed(0))
+    assert_pairwise_different(output)
+
+
+@pytest.mark.parametrize(("key", "value"), [("saturation", 0.8), ("hue", 0.3)])
+def test_colour_transforms_skip_gray(key, value):
+    images = copies()
+    output = BatchAugmenter(augment_cfg(**{key: value}))(images, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(output, images)
+
+
+def test_hue_matches_torchvision():
+    import torchvision.transforms.v2.functional as TF
+
+    from imbalance_sweep.augment import _shift_hue
+
+    images = random_batch(4, 3, 6)
+    for shift in (-0.4, 0.1, 0.5):
+        expected = TF.adjust_hue(images, shift)
+        assert torch.allclose(_shift_hue(images, torch.full((4,), shift)), expected, atol=1e-5)
+
+
+def test_salt_pepper_fraction():
+    images = torch.full((64, 1, 32, 32), 0.5)
+    output = BatchAugmenter(augment_cfg(salt_pepper=0.1))(images, generator=torch.Generator().manual_seed(0))
+    changed = output != 0.5
+    assert set(output[changed].unique().tolist()) == {0.0, 1.0}
+    assert changed.float().mean().item() == pytest.approx(0.1, abs=0.01)
+    assert (output == 1.0).sum().item() == pytest.approx((output == 0.0).sum().item(), rel=0.1)
+
+
+def test_erasing_area_within_bounds():
+    images = torch.full((200, 1, 20, 20), 0.5)
+    augmenter = BatchAugmenter(augment_cfg(erasing=1.0))
+    mask = augmenter._rectangles(200, 20, 20, torch.ones(200, dtype=torch.bool), images, torch.Generator().manual_seed(0), area=None)
+    areas = mask.flatten(1).float().mean(dim=1)
+    assert areas.min().item() >= 1 / 400
+    assert areas.max().item() <= 0.45  # 33% of the image, plus rounding of both sides to whole pixels
+    output = augmenter(images, generator=torch.Generator().manual_seed(0))
+    assert (output != 0.5).flatten(1).any(dim=1).all()  # erasing probability 1 touches every sample
+
+
+def test_erasing_probability_zero_identity():
+    images = random_batch()
+    assert torch.equal(BatchAugmenter(augment_cfg(erasing=0.0))(images), images)
+
+
+def test_mixup_convex_combination():
+    images = random_batch(16, 1, 8)
+    labels = torch.arange(16)
+    augmenter = BatchAugmenter(augment_cfg(mixup_alpha=0.4))
+    mixed, partners, lam = augmenter.mix(images, labels, torch.Generator().manual_seed(0))
+    assert ((lam >= 0) & (lam <= 1)).all()
+    assert len(lam.unique()) > 8  # one weight per sample
+    partner_index = partners  # labels are indices here
+    expected = lam.view(-1, 1, 1, 1) * images + (1 - lam.view(-1, 1, 1, 1)) * images[partner_index]
+    assert torch.allclose(mixed, expected, atol=1e-6)
+
+
+def test_cutmix_share_equals_pasted_area():
+    images = torch.zeros(32, 1, 10, 10)
+    images += torch.arange(32).float().view(32, 1, 1, 1) / 100  # each image constant, distinct
+    labels = torch.arange(32)
+    augmenter = BatchAugmenter(augment_cfg(cutmix_alpha=1.0))
+    mixed, partners, lam = augmenter.mix(images, labels, torch.Generator().manual_seed(0))
+    own = (mixed == images).flatten(1).float().mean(dim=1)
+    same_partner = partners == labels
+    assert torch.allclose(own[~same_partner], lam[~same_partner], atol=1e-6)
+
+
+def test_mix_prob_zero_leaves_batch():
+    images = random_batch()
+    mixed, partners, lam = BatchAugmenter(augment_cfg(mixup_alpha=1.0, mix_prob=0.0)).mix(images, torch.arange(8))
+    assert torch.equal(mixed, images)
+    assert partners is None
+
+
+@pytest.mark.parametrize("policy", ["randaugment", "trivialaugment"])
+def test_policy_draws_per_sample(policy):
+    torch.manual_seed(0)
+    image = (random_batch(1, 3, 16, seed=4) * 255).to(torch.uint8)
+    output = BatchAugmenter(augment_cfg(policy=policy, policy_magnitude=15)).apply_policy(image.expand(16, -1, -1, -1).clone())
+    assert output.dtype == torch.uint8
+    assert len({tuple(sample.flatten().tolist()) for sample in output}) > 4
+
+
+@pytest.mark.parametrize(
+    ("counts", "boost", "expected"),
+    [
+        ([100, 10, 1], 0.0, [1.0, 1.0, 1.0]),
+        ([100, 10, 1], 1.0, [0.0, 1.0, 2.0]),  # rarity 0, 1/2, 1 on the log scale
+        ([100, 10, 1], 0.5, [0.5, 1.0, 1.5]),
+        ([100, 10, 1], 2.0, [0.0, 1.0, 3.0]),  # clamped at 0
+        ([50, 50], 1.0, [1.0, 1.0]),  # no imbalance: no change
+    ],
+)
+def test_class_strength_factors_table(counts, boost, expected):
+    assert class_strength_factors(counts, boost).tolist() == pytest.approx(expected)
+
+
+def test_boost_leaves_largest_class_untouched():
+    cfg = augment_cfg(rotation=30.0, noise_std=0.1, erasing=0.5, salt_pepper=0.1, rare_class_boost=1.0)
+    augmenter = BatchAugmenter(cfg, class_counts=[100, 10, 1])
+    images = random_batch(12, 1, 8)
+    labels = torch.tensor([0, 1, 2] * 4)
+    output = augmenter(images, labels, torch.Generator().manual_seed(0))
+    common = labels == 0
+    assert torch.equal(output[common], images[common])
+    assert not torch.allclose(output[labels == 2], images[labels == 2])
+
+
+def test_boost_zero_base_magnitude_leaves_everything():
+    augmenter = BatchAugmenter(augment_cfg(rare_class_boost=1.0), class_counts=[100, 10, 1])
+    images = random_batch(6, 1, 8)
+    assert torch.equal(augmenter(images, torch.tensor([0, 1, 2, 0, 1, 2])), images)

@@ -1,4 +1,5 @@
 import collections
+import math
 import logging
 
 import numpy as np
@@ -155,3 +156,138 @@ def test_weighted_sampler_draw_frequencies(power):
     total = sum(drawn.values())
     for label, probability in enumerate(expected):
         assert drawn[label] / total == pytest.approx(probability, abs=0.01)
+
+
+def overlapping_split(counts: list[int], seed: int = 0) -> Split:
+    """Classes whose pixel ranges overlap, so border and cleaning methods find work to do."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(counts)), counts)
+    images = rng.normal(100 + 10 * labels[:, None, None, None], 30, size=(len(labels), 1, 4, 4))
+    return Split(torch.from_numpy(np.clip(images, 0, 255).astype(np.uint8)), torch.from_numpy(labels.astype(np.int64)))
+
+
+NEW_OVER_SAMPLERS = [
+    {"name": "borderline_smote", "ratio": 1.0, "k_neighbors": 3, "m_neighbors": 6, "kind": "borderline-1"},
+    {"name": "borderline_smote", "ratio": 0.5, "k_neighbors": 3, "m_neighbors": 6, "kind": "borderline-2"},
+]
+
+
+@pytest.mark.parametrize("counts", [[60, 12], [60, 30, 12]])
+@pytest.mark.parametrize("cfg", NEW_OVER_SAMPLERS, ids=lambda c: f"{c['name']}-{c['kind']}-{c['ratio']}")
+def test_borderline_smote_exact_counts(cfg, counts):
+    split = overlapping_split(counts)
+    result = resample_train(split, OmegaConf.create(cfg), names(len(counts)), seed=0)
+    goal = math.ceil(cfg["ratio"] * 60)
+    assert result.class_counts == [max(n, goal) for n in counts]
+    assert result.split.images.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("counts", [[60, 12], [60, 30, 12]])
+def test_adasyn_counts_near_target(counts):
+    split = overlapping_split(counts)
+    result = resample_train(split, OmegaConf.create({"name": "adasyn", "ratio": 1.0, "k_neighbors": 5}), names(len(counts)), seed=0)
+    assert result.class_counts[0] == 60
+    for count in result.class_counts[1:]:
+        assert abs(count - 60) <= 6  # ADASYN rounds per-sample shares, so it reaches the target within ~10%
+    from imblearn.over_sampling import ADASYN
+
+    targets = {c: 60 for c, n in enumerate(counts) if n < 60}
+    _, labels = ADASYN(sampling_strategy=targets, n_neighbors=5, random_state=0).fit_resample(
+        split.images.reshape(len(split), -1).numpy().astype(np.float32), split.labels.numpy()
+    )
+    assert result.class_counts == np.bincount(labels, minlength=len(counts)).tolist()
+
+
+@pytest.mark.parametrize("counts", [[60, 12], [60, 30, 12]])
+def test_smote_enn_cleans_after_smote(counts):
+    split = overlapping_split(counts)
+    cfg = {"name": "smote_enn", "ratio": 1.0, "k_neighbors": 3, "enn_neighbors": 3}
+    result = resample_train(split, OmegaConf.create(cfg), names(len(counts)), seed=0)
+    assert sum(result.class_counts) < 60 * len(counts)  # ENN removed samples from the balanced set
+    assert all(0 < count <= 60 for count in result.class_counts)
+    # Same result as imbalanced-learn's own pipeline on the same features.
+    from imblearn.combine import SMOTEENN
+    from imblearn.over_sampling import SMOTE
+    from imblearn.under_sampling import EditedNearestNeighbours
+
+    targets = {c: 60 for c, n in enumerate(counts) if n < 60}
+    reference = SMOTEENN(smote=SMOTE(sampling_strategy=targets, k_neighbors=3, random_state=0), enn=EditedNearestNeighbours(n_neighbors=3, sampling_strategy="all"), random_state=0)
+    _, labels = reference.fit_resample(split.images.reshape(len(split), -1).numpy().astype(np.float32), split.labels.numpy())
+    assert result.class_counts == np.bincount(labels, minlength=len(counts)).tolist()
+
+
+@pytest.mark.parametrize("counts", [[60, 12], [60, 30, 12]])
+def test_smote_tomek_counts(counts):
+    split = overlapping_split(counts)
+    result = resample_train(split, OmegaConf.create({"name": "smote_tomek", "ratio": 1.0, "k_neighbors": 3}), names(len(counts)), seed=0)
+    removed = 60 * len(counts) - sum(result.class_counts)
+    assert removed >= 0
+    assert removed % 2 == 0  # a Tomek link removes both of its samples
+    assert all(count <= 60 for count in result.class_counts)
+
+
+@pytest.mark.parametrize("counts", [[60, 12], [60, 30, 12]])
+def test_tomek_links_keeps_minority(counts):
+    split = overlapping_split(counts)
+    result = resample_train(split, OmegaConf.create({"name": "tomek_links", "remove_from": "not_minority"}), names(len(counts)), seed=0)
+    assert result.class_counts[-1] == counts[-1]
+    assert sum(result.class_counts) < sum(counts)
+    originals = {tuple(image.flatten().tolist()) for image in split.images}
+    assert {tuple(image.flatten().tolist()) for image in result.split.images} <= originals
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize(("counts", "ratio", "expected"), [([60, 12], 1.0, [12, 12]), ([60, 30, 12], 0.5, [24, 24, 12])])
+def test_near_miss_class_counts(version, counts, ratio, expected):
+    split = overlapping_split(counts)
+    cfg = {"name": "near_miss", "ratio": ratio, "version": version, "n_neighbors": 3}
+    result = resample_train(split, OmegaConf.create(cfg), names(len(counts)), seed=0)
+    if version == 3:
+        # NearMiss-3 pre-selects neighbours of the minority and may keep fewer than the target (it warns).
+        assert all(got <= want for got, want in zip(result.class_counts, expected))
+        assert result.class_counts[-1] == expected[-1]
+    else:
+        assert result.class_counts == expected
+    originals = {tuple(image.flatten().tolist()) for image in split.images}
+    assert {tuple(image.flatten().tolist()) for image in result.split.images} <= originals
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"name": "random_over", "ratio": 0.1},
+        {"name": "smote", "ratio": 0.1, "k_neighbors": 3},
+        {"name": "random_under", "ratio": 0.1},
+        {"name": "near_miss", "ratio": 0.1, "version": 1, "n_neighbors": 3},
+        {"name": "hybrid", "over_ratio": 0.1, "under_ratio": 1.0},
+    ],
+    ids=lambda c: c["name"],
+)
+def test_unreachable_ratio_rejected(cfg):
+    split = make_split([40, 20])  # current ratio 0.5: 0.1 needs removing (over) or adding (under) samples
+    with pytest.raises(ConfigError) as error:
+        resample_train(split, OmegaConf.create(cfg), names(2), seed=0)
+    assert "0.500" in str(error.value)
+
+
+def test_progressive_sampler_first_and_last_epoch():
+    counts = [160, 40, 10]
+    split = make_split(counts)
+    epochs = 5
+    result = resample_train(split, OmegaConf.create({"name": "progressive_sampler"}), names(3), seed=0, max_epochs=epochs)
+    generator = torch.Generator().manual_seed(0)
+    for epoch, expected in ((0, [160 / 210, 40 / 210, 10 / 210]), (epochs - 1, [1 / 3, 1 / 3, 1 / 3])):
+        drawn = collections.Counter()
+        for _ in range(100):
+            for batch in epoch_batches(len(split), 64, generator, result.sample_weights(epoch)):
+                drawn.update(split.labels[batch].tolist())
+        total = sum(drawn.values())
+        for label, probability in enumerate(expected):
+            assert drawn[label] / total == pytest.approx(probability, abs=0.01)
+
+
+def test_progressive_probabilities_linear():
+    from imbalance_sweep.resample import progressive_class_probabilities
+
+    middle = progressive_class_probabilities([30, 10], epoch=2, max_epochs=5)  # halfway
+    assert middle.tolist() == pytest.approx([0.5 * 0.75 + 0.5 * 0.5, 0.5 * 0.25 + 0.5 * 0.5])

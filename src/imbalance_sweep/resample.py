@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -143,7 +144,7 @@ def resample_train(train: Split, cfg: DictConfig, class_names: list[str], seed: 
         sampler = ADASYN(sampling_strategy=targets, n_neighbors=k, random_state=seed)
     elif name == "smote_enn":
         smote = SMOTE(sampling_strategy=targets, k_neighbors=k, random_state=seed)
-        sampler = SMOTEENN(smote=smote, enn=EditedNearestNeighbours(n_neighbors=int(cfg.enn_neighbors)), random_state=seed)
+        sampler = SMOTEENN(smote=smote, enn=EditedNearestNeighbours(n_neighbors=int(cfg.enn_neighbors), sampling_strategy="all"), random_state=seed)
     elif name == "smote_tomek":
         sampler = SMOTETomek(smote=SMOTE(sampling_strategy=targets, k_neighbors=k, random_state=seed), random_state=seed)
     else:
@@ -209,11 +210,17 @@ def _flat_features(train: Split) -> np.ndarray:
 
 
 def _fit_resample(sampler, features: np.ndarray, labels: np.ndarray, name: str):
+    """Run `fit_resample`, turning its errors into `ConfigError` and its warnings into log lines."""
     try:
-        return sampler.fit_resample(features, labels)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            result = sampler.fit_resample(features, labels)
     except (ValueError, RuntimeError) as error:
         message = str(error).strip().splitlines()[0]
         raise ConfigError(f"resample={name} failed on this training split ({message}): try another resample method") from None
+    for warning in caught:
+        log.warning("resample=%s: %s", name, warning.message)
+    return result
 
 
 def _synthesise(train: Split, sampler, name: str, num_classes: int) -> ResampledTrain:
