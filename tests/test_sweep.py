@@ -223,3 +223,48 @@ def _child_count(uri: str) -> int:
         return len(runs_by_role(uri)[1])
     except Exception:  # the store may not have its tables yet
         return 0
+
+
+def _all_options(group: str) -> str:
+    return ",".join(sorted(p.stem for p in (PROJECT_ROOT / "conf" / group).glob("*.yaml")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group", ["loss", "resample"])
+def test_multirun_every_option_finishes(tmp_path, group):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    options = _all_options(group)
+    result = cli(
+        "imbalance_sweep.train", "-m", f"{group}={options}", "trainer.max_epochs=1", "trainer.evaluate_test=false",
+        f"tracking.uri={uri}", f"tracking.artifact_root={tmp_path}/artifacts", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("imbalance-sweep").experiment_id], max_results=100)
+    assert sorted(r.data.params[f"{group}.name"] for r in runs) == sorted(options.split(","))
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+@pytest.mark.parametrize("sweep_name", ["default", "catalogue"])
+def test_sweep_file_reaches_every_option(hydra_context, tmp_path, sweep_name):
+    """Sample many trials of a shipped sweep file and validate each composed config, without training."""
+    from hydra import compose
+
+    from imbalance_sweep.config import validate
+    from imbalance_sweep.search_space import parse_search_space
+    from imbalance_sweep.sweep import _sample_config
+
+    settings = compose(config_name="study", overrides=[f"sweep={sweep_name}"]).sweep
+    space = parse_search_space(settings.params)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {"loss": set(), "resample": set()}
+    for _ in range(80):
+        trial = study.ask()
+        cfg, overrides = _sample_config(trial, space, tracking_overrides(tmp_path))
+        validate(cfg)
+        for group in seen:
+            seen[group].add(cfg[group].name)
+        study.tell(trial, 0.0)
+    for group, names in seen.items():
+        choices = next(p for p in space.parameters if p.key == group).distribution.choices
+        assert names == set(choices)

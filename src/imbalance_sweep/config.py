@@ -160,9 +160,7 @@ def _validate_loss(cfg: DictConfig) -> None:
     if loss in ("focal", "class_balanced"):
         _number(cfg, "loss.gamma", 0.0, 10.0)
     if loss == "class_balanced":
-        base = _choice(cfg, "loss.base", ("ce", "focal"))
-        if base == "focal" and cfg.loss.label_smoothing > 0:
-            raise ConfigError("loss.label_smoothing applies to cross-entropy only: set it to 0 with loss.base=focal")
+        _choice(cfg, "loss.base", ("ce", "focal"))
     if loss in ("weighted_ce", "focal", "class_balanced"):
         _beta(cfg, "loss.beta")
     if loss == "ldam":

@@ -13,6 +13,7 @@ mixed sample counts as much as its blend of classes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -21,6 +22,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from imbalance_sweep.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def class_weights(counts: Sequence[int], scheme: str, beta: float = 0.999) -> torch.Tensor:
@@ -206,6 +209,8 @@ def build_loss(cfg: DictConfig, class_counts: Sequence[int]) -> ClassLoss:
     if name == "class_balanced":
         weight = class_weights(class_counts, "effective_number", cfg.beta)
         if cfg.base == "focal":
+            if smoothing > 0:
+                log.warning("loss.label_smoothing=%s is ignored with loss.base=focal: it applies to cross-entropy only", smoothing)
             return FocalLoss(cfg.gamma, weight)
         return CrossEntropy(weight, smoothing)
     if name == "ldam":

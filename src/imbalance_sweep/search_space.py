@@ -147,4 +147,8 @@ def _format_raw(expression: Any) -> str:
 
 
 def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    """Return Hydra's reason for a parse error: the line after "Error parsing override ...", if any."""
+    lines = [line for line in str(error).strip().splitlines() if line and not line.startswith("See https")]
+    if not lines:
+        return type(error).__name__
+    return lines[1] if len(lines) > 1 else lines[0]
