@@ -14,7 +14,8 @@ from omegaconf import DictConfig
 
 from imbalance_sweep.config import CONF_DIR, PROJECT_ROOT
 
-BREASTMNIST = PROJECT_ROOT.parent / "shared" / "data" / "breastmnist.npz"
+# The project's test data sits beside the checkout; IMBALANCE_SWEEP_BREASTMNIST points elsewhere.
+BREASTMNIST = Path(os.environ.get("IMBALANCE_SWEEP_BREASTMNIST", PROJECT_ROOT.parent / "shared" / "data" / "breastmnist.npz"))
 
 
 def tracking_overrides(tmp_path: Path) -> list[str]:
@@ -43,5 +44,5 @@ def make_cfg(hydra_context, tmp_path):
 @pytest.fixture
 def breastmnist_path() -> Path:
     if not BREASTMNIST.exists():
-        pytest.skip(f"{BREASTMNIST} not found: the shared data folder must sit beside the checkout")
+        pytest.skip(f"{BREASTMNIST} not found: put shared/data beside the checkout or set IMBALANCE_SWEEP_BREASTMNIST")
     return BREASTMNIST

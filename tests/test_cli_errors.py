@@ -44,6 +44,11 @@ def write_npz(path, train_counts, **drop):
         (["resample=smote", "resample.ratio=0"], "resample.ratio"),
         (["resample=hybrid", "resample.over_ratio=0.8", "resample.under_ratio=0.5"], "under_ratio"),
         (["trainer.device=tpu"], "tpu"),
+        (["trainer.max_epoch=3"], "trainer.max_epochs"),  # the message suggests the right key
+        (["los=focal"], "loss"),
+        (["-m", "loss=ce,focal", "loss.gamma=2"], "loss=ce"),
+        (["loss=weighted_ce", "loss.weights=inverce"], "loss.weights=inverse"),
+        (["optim.lr=abc"], "optim.lr"),
     ],
 )
 def test_bad_config_one_line(tmp_path, arguments, named):
@@ -69,4 +74,4 @@ def test_smote_class_too_small_named(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "'rare'" in result.stderr
-    assert "SMOTE" in result.stderr
+    assert "resample=smote" in result.stderr

@@ -48,7 +48,10 @@ def test_groups_sampled_first():
     assert [p.key for p in space.parameters] == ["loss", "resample", "loss.gamma"]
 
 
-@pytest.mark.parametrize("expression", ["range(5, 1)", "range(0.5, 0.1, 0.1)", "glob(*)", "choice([1,2],[3])", "interval(0,"])
+@pytest.mark.parametrize(
+    "expression",
+    ["range(5, 1)", "range(0.5, 0.1, 0.1)", "glob(*)", "choice([1,2],[3])", "interval(0,", "tag(log, interval(0, 1e-2))", "interval(2, 1)", "choice(null, 1)"],
+)
 def test_invalid_expressions_rejected(expression):
     with pytest.raises(ConfigError):
         parse_search_space({"optim.lr": expression})

@@ -268,3 +268,61 @@ def test_sweep_file_reaches_every_option(hydra_context, tmp_path, sweep_name):
     for group, names in seen.items():
         choices = next(p for p in space.parameters if p.key == group).distribution.choices
         assert names == set(choices)
+
+
+def test_misspelled_sweep_key_rejected(hydra_context, tmp_path):
+    from imbalance_sweep.errors import ConfigError
+
+    settings = sweep_settings(tmp_path, params={"augment.rotaton": "interval(0, 20)"})
+    with pytest.raises(ConfigError) as error:
+        run_sweep(settings, "test", tracking_overrides(tmp_path))
+    assert "augment.rotaton" in str(error.value)
+
+
+def test_conditional_key_accepted_when_some_option_has_it(hydra_context, tmp_path):
+    from imbalance_sweep.sweep import _check_space_keys, _compose
+    from imbalance_sweep.search_space import parse_search_space
+
+    space = parse_search_space({"loss": "choice(ce, focal)", "loss.gamma": "interval(0, 2)"})
+    _check_space_keys(space, [], _compose([]))  # loss.gamma exists in loss=focal: no error
+
+
+def test_study_name_follows_search_space(hydra_context):
+    from imbalance_sweep.sweep import _compose, default_study_name
+    from imbalance_sweep.search_space import parse_search_space
+
+    base = _compose([])
+    first = default_study_name("s", base, parse_search_space({"augment.rotation": "interval(0, 10)"}))
+    second = default_study_name("s", base, parse_search_space({"augment.rotation": "interval(0, 20)"}))
+    again = default_study_name("s", base, parse_search_space({"augment.rotation": "interval(0, 10)"}))
+    assert first != second
+    assert first == again
+
+
+def test_resume_samples_new_values(hydra_context, tmp_path):
+    overrides = ["trainer.max_epochs=1", "trainer.device=cpu", *tracking_overrides(tmp_path)]
+    params = {"augment.rotation": "interval(0, 15)"}
+    run_sweep(sweep_settings(tmp_path, n_trials=2, params=params), "test", overrides)
+    outcome = run_sweep(sweep_settings(tmp_path, n_trials=4, params=params), "test", overrides)
+    values = [t.params["augment.rotation"] for t in outcome.study.get_trials()]
+    assert len(set(values)) == 4
+
+
+def test_finished_sweep_not_scored_again(hydra_context, tmp_path):
+    overrides = ["trainer.max_epochs=2", "trainer.device=cpu", *tracking_overrides(tmp_path)]
+    params = {"augment.rotation": "interval(0, 15)"}
+    first = run_sweep(sweep_settings(tmp_path, n_trials=1, params=params), "test", overrides)
+    second = run_sweep(sweep_settings(tmp_path, n_trials=1, params=params), "test", overrides)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert len(client.get_metric_history(first.parent_run_id, "test/macro_f1")) == 1
+    assert second.final_metrics["test/macro_f1"] == pytest.approx(first.final_metrics["test/macro_f1"])
+    assert "test R" in second.summary
+
+
+def test_broken_sweep_file_skipped(tmp_path):
+    from imbalance_sweep.sweep import SWEEP_FILE_ERRORS, register_sweep_files
+
+    (tmp_path / "good_one.yaml").write_text("n_trials: 3\nparams:\n  seed: 1\n")
+    (tmp_path / "bad_one.yaml").write_text("n_trail: 3\n")
+    assert register_sweep_files(tmp_path) == ["good_one"]
+    assert "n_trail" in SWEEP_FILE_ERRORS.pop("bad_one")

@@ -17,7 +17,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from imbalance_sweep.config import CONF_DIR, PROJECT_ROOT
-from imbalance_sweep.train import exit_on_config_error, run
+from imbalance_sweep.cli import exit_on_config_error
+from imbalance_sweep.train import run
 
 log = logging.getLogger(__name__)
 

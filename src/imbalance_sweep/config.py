@@ -17,6 +17,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
 SWEEPS_DIR = PROJECT_ROOT / "sweeps"
 
+CONFIG_GROUPS = ("data", "model", "augment", "loss", "resample", "optim", "trainer", "tracking")
 DATA_SOURCES = ("digits", "npz", "imagefolder")
 MODELS = ("small_cnn", "resnet18")
 LOSSES = ("ce", "weighted_ce", "focal", "class_balanced", "ldam", "balanced_softmax", "logit_adjusted")
@@ -48,37 +49,9 @@ def require_conf_dir() -> str:
     return str(CONF_DIR)
 
 
-def check_group_choices(arguments: list[str], groups: dict[str, Path]) -> None:
-    """Reject an unknown group option on the command line (`loss=foo`) with one line that lists the options.
-
-    Hydra rejects it too, but with a multi-line message about its search path; this check runs first.
-    `groups` maps a group name to the folder holding its option files.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep
-    from hydra.errors import HydraException
-
-    parser = OverridesParser.create()
-    for argument in arguments:
-        if argument.startswith("-") or "=" not in argument:
-            continue
-        try:
-            override = parser.parse_override(argument)
-        except HydraException:
-            continue  # Hydra reports grammar errors itself
-        folder = groups.get(override.key_or_group)
-        if folder is None or override.is_delete():
-            continue
-        value = override.value()
-        values = value.list if isinstance(value, ChoiceSweep) else [value]
-        options = sorted(p.stem for p in folder.glob("*.yaml"))
-        for option in values:
-            if isinstance(option, str) and option not in options:
-                raise ConfigError(f"unknown {override.key_or_group} {option!r}: use one of {', '.join(options)}")
-
-
 def group_folders() -> dict[str, Path]:
-    folders = {group: CONF_DIR / group for group in ("data", "model", "augment", "loss", "resample", "optim", "trainer", "tracking")}
+    """Map every config group to the folder holding its option files."""
+    folders = {group: CONF_DIR / group for group in CONFIG_GROUPS}
     folders["sweep"] = SWEEPS_DIR
     return folders
 
@@ -86,17 +59,17 @@ def group_folders() -> dict[str, Path]:
 def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> str:
     value = OmegaConf.select(cfg, key)
     if value not in allowed:
-        group = key.split(".")[0]
-        raise ConfigError(
-            f"unknown {key} {value!r}: use one of {', '.join(allowed)} (for example `{group}={allowed[0]}`)"
-        )
+        group, _, field_name = key.partition(".")
+        example = f"{group}={allowed[0]}" if field_name == "name" else f"{key}={allowed[0]}"
+        raise ConfigError(f"unknown {key} {value!r}: use one of {', '.join(allowed)} (for example `{example}`)")
     return value
 
 
 def _number(cfg: DictConfig, key: str, low: float, high: float, *, low_open: bool = False) -> float:
     value = OmegaConf.select(cfg, key)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}={value!r} is not a number: set {key} to a value in range")
+        bracket = "(" if low_open else "["
+        raise ConfigError(f"{key}={value!r} is not a number: set {key} to a number in {bracket}{low}, {high}]")
     below = value <= low if low_open else value < low
     if below or value > high:
         bracket = "(" if low_open else "["

@@ -202,6 +202,8 @@ def build_loss(cfg: DictConfig, class_counts: Sequence[int]) -> ClassLoss:
     if name == "ce":
         return CrossEntropy(None, smoothing)
     if name == "weighted_ce":
+        if len(set(class_counts)) == 1:
+            log.info("loss=weighted_ce: the training classes are balanced (after resampling), so every class weight is 1")
         return CrossEntropy(class_weights(class_counts, cfg.weights, cfg.beta), smoothing)
     if name == "focal":
         weight = None if cfg.weights == "none" else class_weights(class_counts, cfg.weights, cfg.beta)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -30,21 +31,35 @@ def format_summary(
     else:
         lines.append(f"Best trial {best.number}: {metric} = {best.value:.4f}")
         for key, value in best.params.items():
-            lines.append(f"  {key} = {value}")
+            lines.append(f"  {key} = {value:.4g}" if isinstance(value, float) else f"  {key} = {value}")
 
     if final_metrics:
         lines.append("")
         lines.append("Best configuration, retrained and scored once on the test split:")
-        header = f"{'class':<20} {'val P':>7} {'val R':>7} {'val F1':>7} | {'test P':>7} {'test R':>7} {'test F1':>7}"
-        lines += [header, "-" * len(header)]
-        for name in class_names:
-            row = [final_metrics.get(f"{stage}/{kind}/{name}", float("nan")) for stage in ("val", "test") for kind in ("precision", "recall", "f1")]
-            lines.append(f"{name[:20]:<20} {row[0]:>7.3f} {row[1]:>7.3f} {row[2]:>7.3f} | {row[3]:>7.3f} {row[4]:>7.3f} {row[5]:>7.3f}")
-        lines.append("-" * len(header))
-        for aggregate in ("macro_f1", "balanced_accuracy", "accuracy"):
-            val, test = final_metrics.get(f"val/{aggregate}", float("nan")), final_metrics.get(f"test/{aggregate}", float("nan"))
-            lines.append(f"{aggregate:<20} {'':>7} {'':>7} {val:>7.3f} | {'':>7} {'':>7} {test:>7.3f}")
+        lines.append(format_class_table(final_metrics, class_names))
 
     lines.append("")
-    lines.append(f"MLflow parent run {parent_run_id} in {tracking_uri}; browse it with `make ui`.")
+    lines.append(f"MLflow parent run {parent_run_id} in {display_uri(tracking_uri)}; browse it with `make ui`.")
     return "\n".join(lines)
+
+
+def format_class_table(metrics: dict[str, float], class_names: list[str]) -> str:
+    """Return per-class precision, recall and F1 on validation and test, then the aggregates."""
+    header = f"{'class':<20} {'val P':>7} {'val R':>7} {'val F1':>7} | {'test P':>7} {'test R':>7} {'test F1':>7}"
+    lines = [header, "-" * len(header)]
+    for name in class_names:
+        row = [metrics.get(f"{stage}/{kind}/{name}", float("nan")) for stage in ("val", "test") for kind in ("precision", "recall", "f1")]
+        lines.append(f"{name[:20]:<20} {row[0]:>7.3f} {row[1]:>7.3f} {row[2]:>7.3f} | {row[3]:>7.3f} {row[4]:>7.3f} {row[5]:>7.3f}")
+    lines.append("-" * len(header))
+    for aggregate in ("macro_f1", "balanced_accuracy", "accuracy"):
+        val, test = metrics.get(f"val/{aggregate}", float("nan")), metrics.get(f"test/{aggregate}", float("nan"))
+        lines.append(f"{aggregate:<20} {'':>7} {'':>7} {val:>7.3f} | {'':>7} {'':>7} {test:>7.3f}")
+    return "\n".join(lines)
+
+
+def display_uri(uri: str) -> str:
+    """Show a relative local SQLite URI as an absolute one, so the store can be found from any folder."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri

@@ -180,7 +180,7 @@ def _neighbours_for_smallest(counts: list[int], targets: dict[int, int], k: int,
     if smallest < 2:
         rare = [c for c in targets if counts[c] == smallest]
         raise ConfigError(
-            f"class {class_names[rare[0]]!r} has {smallest} training sample and {name} needs at least 2: "
+            f"class {class_names[rare[0]]!r} has {smallest} training sample and resample={name} needs at least 2: "
             "use resample=random_over or add samples of that class"
         )
     if k >= smallest:

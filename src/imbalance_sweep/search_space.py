@@ -27,9 +27,9 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSw
 from hydra.errors import HydraException
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from imbalance_sweep.config import CONFIG_GROUPS
 from imbalance_sweep.errors import ConfigError
 
-CONFIG_GROUPS = ("data", "model", "augment", "loss", "resample", "optim", "trainer", "tracking")
 _PLAIN_STRING = re.compile(r"[A-Za-z_][A-Za-z0-9_\-./]*")
 _RESERVED_WORDS = {"true", "false", "null", "nan", "inf"}
 
@@ -86,9 +86,12 @@ def to_distribution(key: str, sweep: Any) -> BaseDistribution:
         return _range_distribution(key, sweep)
     if isinstance(sweep, IntervalSweep):
         log = "log" in sweep.tags
-        if isinstance(sweep.start, int) and isinstance(sweep.end, int):
-            return IntDistribution(sweep.start, sweep.end, log=log)
-        return FloatDistribution(float(sweep.start), float(sweep.end), log=log)
+        try:
+            if isinstance(sweep.start, int) and isinstance(sweep.end, int):
+                return IntDistribution(sweep.start, sweep.end, log=log)
+            return FloatDistribution(float(sweep.start), float(sweep.end), log=log)
+        except ValueError as error:  # e.g. a log scale that starts at 0, or low > high
+            raise ConfigError(f"{key}: invalid interval({sweep.start}, {sweep.end}) ({error}): fix the bounds") from None
     raise ConfigError(f"{key}: {type(sweep).__name__} is not supported in sweeps: use choice, range or interval")
 
 

@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import hydra
 import optuna
+import yaml
 from hydra import compose
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -28,12 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from optuna.trial import TrialState
 
-from imbalance_sweep.config import CONF_DIR, SWEEPS_DIR, check_group_choices, group_folders, validate
+from imbalance_sweep.cli import check_command_line, exit_on_config_error
+from imbalance_sweep.config import CONF_DIR, SWEEPS_DIR, validate
 from imbalance_sweep.errors import ConfigError
 from imbalance_sweep.report import format_summary
 from imbalance_sweep.search_space import SearchSpace, override_for, parse_search_space, suggest
 from imbalance_sweep.tracking import TrackedRun, Tracker
-from imbalance_sweep.train import exit_on_config_error, run
+from imbalance_sweep.train import run
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +60,23 @@ class SweepConfig:
     params: dict[str, Any] = field(default_factory=dict)  # key: Hydra sweep expression
 
 
+SWEEP_FILE_ERRORS: dict[str, str] = {}
+
+
 def register_sweep_files(directory: Path = SWEEPS_DIR) -> list[str]:
-    """Register every sweeps/NAME.yaml as option NAME of the `sweep` config group."""
+    """Register every valid sweeps/NAME.yaml as option NAME of the `sweep` config group.
+
+    An invalid file is skipped and its error kept in `SWEEP_FILE_ERRORS`, so that it breaks only the
+    command that selects it.
+    """
     store = ConfigStore.instance()
     names = []
     for path in sorted(directory.glob("*.yaml")):
         try:
             node = OmegaConf.merge(OmegaConf.structured(SweepConfig), OmegaConf.load(path))
-        except OmegaConfBaseException as error:
-            raise ConfigError(f"invalid sweep file {path}: {str(error).splitlines()[0]}") from None
+        except (OmegaConfBaseException, yaml.YAMLError) as error:
+            SWEEP_FILE_ERRORS[path.stem] = f"invalid sweep file {path}: {str(error).splitlines()[0]}"
+            continue
         store.store(group="sweep", name=path.stem, node=node)
         names.append(path.stem)
     return names
@@ -93,8 +103,9 @@ def run_sweep(settings: DictConfig, sweep_name: str, run_overrides: list[str]) -
     base_overrides = [*run_overrides, *space.fixed_overrides]
     base_cfg = _compose(base_overrides)
     validate(base_cfg)
+    _check_space_keys(space, base_overrides, base_cfg)
 
-    study_name = settings.study_name or default_study_name(sweep_name, base_cfg)
+    study_name = settings.study_name or default_study_name(sweep_name, base_cfg, space)
     study = optuna.create_study(
         study_name=study_name,
         storage=open_storage(str(settings.storage)),
@@ -103,11 +114,13 @@ def run_sweep(settings: DictConfig, sweep_name: str, run_overrides: list[str]) -
         direction=settings.direction,
         load_if_exists=True,
     )
+    # A resumed study reseeds its sampler past the trials it has, or it would replay their values.
+    study.sampler = optuna.samplers.TPESampler(seed=settings.seed + len(study.trials), n_startup_trials=settings.n_startup_trials)
     tracker = Tracker(base_cfg.tracking)
     parent = _open_parent_run(study, tracker, sweep_name, space, settings)
     finished = _count_finished(study)
     log.info(
-        "study %r in %s: %d of %d trials finished, sampler TPE (seed %d), pruner %s, objective %s (%s)",
+        "study %r in %s: %d of %d trials done (complete, pruned or failed), sampler TPE (seed %d), pruner %s, objective %s (%s)",
         study_name, settings.storage, finished, settings.n_trials, settings.seed, settings.pruner, settings.metric, settings.direction,
     )
 
@@ -121,7 +134,10 @@ def run_sweep(settings: DictConfig, sweep_name: str, run_overrides: list[str]) -
 
         best = _best_trial(study)
         final_metrics, class_names = None, []
-        if best is not None:
+        if best is not None and parent.get_tag("test_evaluated_trial") == str(best.number):
+            log.info("best trial %d was already scored on the test split; raise sweep.n_trials to add trials", best.number)
+            final_metrics, class_names = parent.latest_metrics(), list(study.user_attrs.get("class_names", []))
+        elif best is not None:
             final_metrics, class_names = _evaluate_best_on_test(study, best, tracker, parent, base_overrides, settings.metric)
     except KeyboardInterrupt:
         parent.end("KILLED")
@@ -135,11 +151,33 @@ def run_sweep(settings: DictConfig, sweep_name: str, run_overrides: list[str]) -
     return SweepOutcome(study, parent.run_id, best, final_metrics, class_names, summary)
 
 
-def default_study_name(sweep_name: str, base_cfg: DictConfig) -> str:
-    """Name a study after the sweep, the data and a hash of everything a trial inherits from the command."""
+def _check_space_keys(space: SearchSpace, base_overrides: list[str], base_cfg: DictConfig) -> None:
+    """Reject a swept key that no option of its group has (a typo would otherwise never be sampled)."""
+    group_choices = {p.key: p.distribution.choices for p in space.parameters if p.is_group}
+    for parameter in space.parameters:
+        if parameter.is_group:
+            continue
+        group = parameter.key.split(".")[0]
+        options = group_choices.get(group)
+        if options is None:
+            candidates = [base_cfg]
+        else:
+            candidates = [_compose([*base_overrides, override_for(group, option)]) for option in options]
+        if all(OmegaConf.select(cfg, parameter.key, default=_ABSENT) is _ABSENT for cfg in candidates):
+            where = f"any of {group}={','.join(map(str, options))}" if options else f"the {group} config"
+            raise ConfigError(f"sweep key {parameter.key} exists in none of {where}: check its spelling in the sweep file")
+
+
+def default_study_name(sweep_name: str, base_cfg: DictConfig, space: SearchSpace) -> str:
+    """Name a study after the sweep, the data and a hash of the search space and the base config.
+
+    Changing the data, a fixed override or the search space therefore starts a new study instead of
+    mixing incomparable trials. Sweep settings such as `n_trials` are not part of the hash.
+    """
     source = base_cfg.data.name if base_cfg.data.name == "digits" else Path(str(base_cfg.data.path)).stem
     container = OmegaConf.to_container(base_cfg, resolve=True)
     container.pop("tracking", None)  # where results go does not change them
+    container["search_space"] = space.describe()
     digest = hashlib.sha1(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{sweep_name}-{source}-{digest}"
 
@@ -280,6 +318,7 @@ def _evaluate_best_on_test(
     parent.set_tags({"best_trial": str(best.number), "best_value": f"{best.value:.6f}", "best_params": json.dumps(best.params), "best_overrides": " ".join(overrides)})
     result = run(_compose([*base_overrides, *overrides]), None, tracked_run=parent, objective=metric, evaluate_test=True, log_params=False)
     parent.set_tags({"test_evaluated_trial": str(best.number)})
+    study.set_user_attr("class_names", result.class_names)
     return result.metrics, result.class_names
 
 
@@ -292,6 +331,8 @@ register_sweep_files()
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="study")
 def main(cfg: DictConfig) -> Optional[float]:
+    for message in SWEEP_FILE_ERRORS.values():
+        log.warning("%s; that sweep is unavailable", message)
     hydra_cfg = HydraConfig.get()
     sweep_name = hydra_cfg.runtime.choices.get("sweep", "default")
     parser = OverridesParser.create()
@@ -313,5 +354,5 @@ def main(cfg: DictConfig) -> Optional[float]:
 
 if __name__ == "__main__":
     with exit_on_config_error():
-        check_group_choices(sys.argv[1:], group_folders())
+        check_command_line(sys.argv[1:], "study", SWEEP_FILE_ERRORS)
     main()

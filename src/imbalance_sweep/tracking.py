@@ -137,6 +137,13 @@ class TrackedRun:
         self.client.log_figure(self.run_id, figure, f"{stage}/confusion_matrix.png")
         plt.close(figure)
 
+    def get_tag(self, key: str) -> str | None:
+        return self.client.get_run(self.run_id).data.tags.get(key)
+
+    def latest_metrics(self) -> dict[str, float]:
+        """Return the last logged value of every metric of the run."""
+        return dict(self.client.get_run(self.run_id).data.metrics)
+
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 

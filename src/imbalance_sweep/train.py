@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import hydra
@@ -16,13 +16,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from imbalance_sweep.augment import BatchAugmenter, build_augmenter
-from imbalance_sweep.config import CONF_DIR, check_group_choices, flatten, group_folders, validate
+from imbalance_sweep.cli import check_command_line, exit_on_config_error
+from imbalance_sweep.config import CONF_DIR, flatten, validate
 from imbalance_sweep.data import ImageSplits, load_splits
 from imbalance_sweep.engine import Precision, epoch_batches, predict, resolve_device, seed_everything, train_one_epoch
 from imbalance_sweep.errors import ConfigError
 from imbalance_sweep.losses import build_loss
 from imbalance_sweep.metrics import Evaluation, evaluate_predictions
 from imbalance_sweep.models import build_model
+from imbalance_sweep.report import display_uri, format_class_table
 from imbalance_sweep.resample import resample_train
 from imbalance_sweep.tracking import TrackedRun, Tracker
 
@@ -67,7 +69,10 @@ def run(
     device = resolve_device(str(cfg.trainer.device))
     splits = load_splits(cfg.data)
     resampled = resample_train(splits.train, cfg.resample, splits.class_names, cfg.seed, cfg.trainer.max_epochs)
-    log.info("resample=%s: train class counts %s -> %s", cfg.resample.name, splits.train.class_counts(splits.num_classes), resampled.class_counts)
+    log.info(
+        "resample=%s: train class counts %s -> %s", cfg.resample.name,
+        dict(zip(splits.class_names, splits.train.class_counts(splits.num_classes))), dict(zip(splits.class_names, resampled.class_counts)),
+    )
 
     cosine_head = bool(cfg.loss.get("normalize_head", False))
     model = build_model(cfg.model, splits.channels, splits.num_classes, splits.image_size, cosine_head).to(device)
@@ -200,25 +205,16 @@ def _run_name(cfg: DictConfig) -> str:
     return f"{cfg.data.name}-{cfg.model.name}-{cfg.loss.name}-{cfg.resample.name}"
 
 
-@contextmanager
-def exit_on_config_error():
-    """Print a `ConfigError` as one line without a traceback and exit with status 2."""
-    try:
-        yield
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float:
     with exit_on_config_error():
         result = run(cfg)
-    log.info("MLflow run %s at %s", result.run_id, cfg.tracking.uri)
+    print(format_class_table(result.metrics, result.class_names))
+    print(f"MLflow run {result.run_id} in {display_uri(cfg.tracking.uri)}; browse it with `make ui`.")
     return result.metrics["val/macro_f1"]
 
 
 if __name__ == "__main__":
     with exit_on_config_error():
-        check_group_choices(sys.argv[1:], group_folders())
+        check_command_line(sys.argv[1:], "train")
     main()
