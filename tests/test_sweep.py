@@ -252,7 +252,7 @@ def test_sweep_file_reaches_every_option(hydra_context, tmp_path, sweep_name):
 
     from imbalance_sweep.config import validate
     from imbalance_sweep.search_space import parse_search_space
-    from imbalance_sweep.sweep import _sample_config
+    from imbalance_sweep.workers import sample_config as _sample_config
 
     settings = compose(config_name="study", overrides=[f"sweep={sweep_name}"]).sweep
     space = parse_search_space(settings.params)
@@ -280,7 +280,8 @@ def test_misspelled_sweep_key_rejected(hydra_context, tmp_path):
 
 
 def test_conditional_key_accepted_when_some_option_has_it(hydra_context, tmp_path):
-    from imbalance_sweep.sweep import _check_space_keys, _compose
+    from imbalance_sweep.sweep import _check_space_keys
+    from imbalance_sweep.workers import compose_run_config as _compose
     from imbalance_sweep.search_space import parse_search_space
 
     space = parse_search_space({"loss": "choice(ce, focal)", "loss.gamma": "interval(0, 2)"})
@@ -288,7 +289,8 @@ def test_conditional_key_accepted_when_some_option_has_it(hydra_context, tmp_pat
 
 
 def test_study_name_follows_search_space(hydra_context):
-    from imbalance_sweep.sweep import _compose, default_study_name
+    from imbalance_sweep.sweep import default_study_name
+    from imbalance_sweep.workers import compose_run_config as _compose
     from imbalance_sweep.search_space import parse_search_space
 
     base = _compose([])

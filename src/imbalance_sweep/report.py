@@ -15,7 +15,7 @@ def trial_state_counts(study: optuna.Study) -> Counter:
 
 def format_summary(
     study: optuna.Study,
-    metric: str,
+    objectives,
     best: FrozenTrial | None,
     final_metrics: dict[str, float] | None,
     class_names: list[str],
@@ -29,7 +29,12 @@ def format_summary(
     if best is None:
         lines.append("No trial completed, so there is no best configuration.")
     else:
-        lines.append(f"Best trial {best.number}: {metric} = {best.value:.4f}")
+        if objectives.multi:
+            front = sorted(t.number for t in study.best_trials)
+            lines.append(f"Pareto front (trials): {front}")
+            lines.append(f"Chosen: the Pareto-optimal trial best on {objectives.metrics[0]}")
+        values = ", ".join(f"{m} = {v:.4f}" for m, v in zip(objectives.metrics, best.values))
+        lines.append(f"Best trial {best.number}: {values}")
         for key, value in best.params.items():
             lines.append(f"  {key} = {value:.4g}" if isinstance(value, float) else f"  {key} = {value}")
 

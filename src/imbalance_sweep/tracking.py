@@ -76,6 +76,12 @@ class Tracker:
         self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return TrackedRun(self.client, run_id)
 
+    def run_status(self, run_id: str) -> str | None:
+        try:
+            return self.client.get_run(run_id).info.status
+        except MlflowException:
+            return None
+
     def run_exists(self, run_id: str) -> bool:
         try:
             self.client.get_run(run_id)
