@@ -167,7 +167,7 @@ def make_pruner(settings: DictConfig, objectives: Objectives, max_epochs: int) -
     if name not in PRUNERS:
         raise ConfigError(f"unknown sweep.pruner {name!r}: use one of {', '.join(PRUNERS)}")
     if objectives.multi and name != "none":
-        log.info("pruning is off: Optuna cannot report intermediate values of a multi-objective study")
+        log.warning("sweep.pruner=%s is off: Optuna cannot report intermediate values of a multi-objective study", name)
         return optuna.pruners.NopPruner()
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=settings.n_startup_trials, n_warmup_steps=settings.pruner_warmup_epochs)

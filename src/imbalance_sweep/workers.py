@@ -22,7 +22,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import ExperimentalWarning
-from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from imbalance_sweep.config import CONF_DIR
@@ -163,7 +162,7 @@ class TrialRunner:
 
     def run(self, worker_index: int = 0) -> None:
         """Run trials until the study holds `n_trials` finished ones, the timeout passes, or too many fail."""
-        callbacks = [MaxTrialsCallback(self.settings.n_trials, states=FINISHED_STATES)]
+        callbacks = [_StopAtTrialCount(self.settings.n_trials)]
         if self.settings.max_failures:
             callbacks.append(_StopAfterFailures(self.settings.max_failures))
         if count_finished(self.study) >= self.settings.n_trials:
@@ -179,6 +178,22 @@ class TrialRunner:
                 catch=(Exception,),  # a failing configuration ends its trial as FAIL; the sweep goes on
                 gc_after_trial=False,
             )
+
+
+class _StopAtTrialCount:
+    """Stop this worker once finished trials plus other workers' running ones reach `n_trials`.
+
+    Counting running trials keeps parallel workers from overshooting `n_trials`.
+    NOTE: two workers that check in the same few milliseconds can still start one trial too many.
+    """
+
+    def __init__(self, n_trials: int) -> None:
+        self.n_trials = n_trials
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        started = study.get_trials(deepcopy=False, states=(*FINISHED_STATES, TrialState.RUNNING))
+        if len(started) >= self.n_trials:
+            study.stop()
 
 
 class _StopAfterFailures:
