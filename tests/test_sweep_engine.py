@@ -173,15 +173,19 @@ def _wait_for(predicate, timeout: float) -> bool:
     return False
 
 
-def _finished_trials(storage: str) -> int:
+def _trials(storage: str, states: tuple) -> list:
     try:
         summaries = optuna.get_all_study_summaries(storage)
         if not summaries:
-            return 0
+            return []
         study = optuna.load_study(study_name=summaries[0].study_name, storage=storage)
-        return len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
-    except Exception:  # tables not created yet
-        return 0
+        return study.get_trials(states=states)
+    except Exception:  # the storage has no tables yet
+        return []
+
+
+def _finished_trials(storage: str) -> int:
+    return len(_trials(storage, (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
 
 
 @pytest.mark.slow
@@ -195,13 +199,18 @@ def test_sigkill_then_rerun_finishes(tmp_path):
     ]
     process = subprocess.Popen(arguments, cwd=tmp_path, env=command_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _wait_for(lambda: _finished_trials(storage) >= 2, timeout=300)
+    assert _wait_for(lambda: len(_trials(storage, (TrialState.RUNNING,))) == 1, timeout=60)
+    time.sleep(2)  # well inside the third trial, whose MLflow run now exists
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     time.sleep(4)  # past the grace period, so the next start sees the dead trial as stale
 
     rerun = subprocess.run(arguments, cwd=tmp_path, env=command_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert _finished_trials(storage) == 6 + 1  # six finished plus the killed trial, retried once as a new trial
+    trials = _trials(storage, (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING))
+    assert len(trials) == 6
+    assert [t.state for t in trials].count(TrialState.FAIL) == 1  # the killed trial, counted as finished
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 5  # including its retry
     parents, children = runs_by_role(uri)
     assert "RUNNING" not in {r.info.status for r in [*parents, *children]}
     assert "KILLED" in {c.info.status for c in children}

@@ -64,6 +64,26 @@ class SweepSpec:
         return Objectives(tuple(self.metrics), tuple(self.directions))
 
 
+class _QuietTrialFailures(logging.Filter):
+    """Trim Optuna's "Trial N failed" log records: none for Ctrl-C, no traceback for a `ConfigError`.
+
+    The sweep prints its own one-line message on Ctrl-C, and a config error is one line by design.
+    Other errors keep their traceback, which is what one needs to debug a NaN or a crash.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, KeyboardInterrupt):
+            return False
+        if isinstance(error, ConfigError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+# Optuna logs failed trials from this module's logger (optuna/study/_optimize.py in Optuna 5.1).
+logging.getLogger("optuna.study._optimize").addFilter(_QuietTrialFailures())
+
+
 def compose_run_config(overrides: list[str]) -> DictConfig:
     """Compose `train.yaml` with overrides; needs an initialised Hydra."""
     try:
