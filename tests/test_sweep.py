@@ -185,18 +185,23 @@ def test_sigint_kills_runs_and_resume_finishes(tmp_path):
         "sweep.n_trials=4", "trainer.max_epochs=30", f"sweep.storage=sqlite:///{tmp_path}/optuna.db",
         f"tracking.uri={uri}", f"tracking.artifact_root={tmp_path}/artifacts",
     ]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "imbalance_sweep.sweep", *arguments], cwd=tmp_path, env=command_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    # Output goes to files: a pipe nobody reads while the test waits could fill up and block the sweep.
+    stdout_path, stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with stdout_path.open("w") as stdout, stderr_path.open("w") as stderr_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "imbalance_sweep.sweep", *arguments], cwd=tmp_path, env=command_env(),
+            stdout=stdout, stderr=stderr_file,
+        )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # wait until the first trial's child run exists
         time.sleep(1)
         if (tmp_path / "mlflow.db").exists() and _child_count(uri) >= 1:
             break
+    assert process.poll() is None, stderr_path.read_text()[-3000:]
     time.sleep(2)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    process.wait(timeout=120)
+    stderr = stderr_path.read_text()
 
     assert process.returncode == 130, stderr[-3000:]
     assert "rerun the same command" in stderr

@@ -72,7 +72,7 @@ def _parse(arguments: list[str]) -> list[Override]:
         except HydraException:
             continue  # Hydra reports grammar errors itself
         if override.is_add() or override.is_force_add() or override.is_delete():
-            continue  # `+key`, `++key` and `~key` say on purpose that the key may be new or go away
+            continue  # `+key`, `++key` and `~key` mark a key as new or removed on purpose
         overrides.append(override)
     return overrides
 

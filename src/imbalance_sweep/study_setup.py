@@ -47,7 +47,7 @@ class SweepConfig:
     heartbeat_interval: int = 30  # seconds between heartbeats of a running trial (RDB storages only)
     grace_period: Optional[int] = None  # seconds without heartbeat before a trial counts as dead; null: 2 x interval
     retry_failed: int = 1  # times a trial whose worker died is run again
-    max_failures: Optional[int] = None  # stop the sweep once the study holds this many failed trials
+    max_failures: Optional[int] = None  # stop the sweep once this many trials of the study have failed
     params: dict[str, Any] = field(default_factory=dict)  # key: Hydra sweep expression
 
 

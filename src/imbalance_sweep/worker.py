@@ -57,11 +57,11 @@ def main(cfg: DictConfig) -> None:
         except KeyboardInterrupt:
             print("\ninterrupted: finished trials are saved; start the worker again to continue", file=sys.stderr)
             raise SystemExit(130) from None
-    log.info("study %r holds %d finished trials; run imbalance_sweep.sweep with it to score the best on test", study.study_name, count_finished(study))
+    log.info("study %r has %d finished trials; run imbalance_sweep.sweep with it to score the best on test", study.study_name, count_finished(study))
 
 
 def _worker_index() -> int:
-    """A per-process offset for the sampler seed, so that workers started alike draw different values."""
+    """Return a per-process offset for the sampler seed, so that workers started alike draw different values."""
     return os.getpid() % 1000 + 1
 
 

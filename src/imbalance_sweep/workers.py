@@ -2,7 +2,7 @@
 
 A worker loads an existing study, reads from its user attributes what every trial inherits (the
 base overrides, the search space, the objectives, the MLflow parent run), and runs trials until the
-study holds `n_trials` finished trials. Workers share nothing but the Optuna storage and the MLflow
+study contains `n_trials` finished trials. Workers share nothing but the Optuna storage and the MLflow
 tracking store, so any number of them can join from anywhere that reaches both.
 """
 
@@ -40,7 +40,7 @@ _ABSENT = object()
 
 @dataclass
 class SweepSpec:
-    """What every trial of a study inherits, stored in the study so that workers can join it."""
+    """The settings every trial of a study inherits, stored in the study so that workers can join it."""
 
     sweep_name: str
     base_overrides: list[str]
@@ -181,7 +181,7 @@ class TrialRunner:
         return values if objectives.multi else values[0]
 
     def run(self, worker_index: int = 0) -> None:
-        """Run trials until the study holds `n_trials` finished ones, the timeout passes, or too many fail."""
+        """Run trials until the study contains `n_trials` finished ones, the timeout passes, or too many fail."""
         callbacks = [_StopAtTrialCount(self.settings.n_trials)]
         if self.settings.max_failures:
             callbacks.append(_StopAfterFailures(self.settings.max_failures))
@@ -224,7 +224,7 @@ class _StopAfterFailures:
         failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         if len(failed) >= self.limit:
             log.error(
-                "stopping: the study holds %d failed trials (sweep.max_failures=%d); the last error: %s",
+                "sweep stopped: %d trials failed (sweep.max_failures=%d); the last error: %s",
                 len(failed), self.limit, failed[-1].user_attrs.get("error", "unknown"),
             )
             study.stop()
