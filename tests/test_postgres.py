@@ -52,7 +52,8 @@ def test_three_workers_share_postgres_study(hydra_context, tmp_path):
     assert numbers == list(range(6))
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     _, children = runs_by_role(f"sqlite:///{tmp_path}/mlflow.db")
-    assert len({c.data.tags["worker"] for c in children}) == 3
+    assert sorted(int(c.data.tags["trial_number"]) for c in children) == list(range(6))
+    assert 1 <= len({c.data.tags["worker"] for c in children}) <= 3  # a worker that starts late may find no trial left
     assert outcome.best is not None
 
 

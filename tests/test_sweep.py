@@ -192,11 +192,12 @@ def test_sigint_kills_runs_and_resume_finishes(tmp_path):
             [sys.executable, "-m", "imbalance_sweep.sweep", *arguments], cwd=tmp_path, env=command_env(),
             stdout=stdout, stderr=stderr_file,
         )
+    # Read the stores only after the sweep has created them: two processes creating the same
+    # SQLite schema at once make MLflow's migration fail.
+    assert wait_for_log(stdout_path, "trials done", process), stderr_path.read_text()[-3000:]
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # wait until the first trial's child run exists
+    while time.monotonic() < deadline and _child_count(uri) < 1:  # wait until the first trial's child run exists
         time.sleep(1)
-        if (tmp_path / "mlflow.db").exists() and _child_count(uri) >= 1:
-            break
     assert process.poll() is None, stderr_path.read_text()[-3000:]
     time.sleep(2)
     process.send_signal(signal.SIGINT)
@@ -221,6 +222,16 @@ def test_sigint_kills_runs_and_resume_finishes(tmp_path):
     study = optuna.load_study(study_name=parents[0].data.tags["study_name"], storage=f"sqlite:///{tmp_path}/optuna.db")
     assert len(study.trials) == 2
     assert study.trials[0].state == optuna.trial.TrialState.FAIL  # the interrupted trial, counted as finished
+
+
+def wait_for_log(path: Path, text: str, process: subprocess.Popen, timeout: float = 300) -> bool:
+    """Wait until a running command has written `text` to its log file; False if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if path.exists() and text in path.read_text():
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def _child_count(uri: str) -> int:

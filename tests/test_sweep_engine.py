@@ -20,7 +20,7 @@ from imbalance_sweep.study_setup import SweepConfig, grid_search_space, make_pru
 from imbalance_sweep.sweep import run_sweep
 
 from conftest import tracking_overrides
-from test_sweep import command_env, runs_by_role
+from test_sweep import command_env, runs_by_role, wait_for_log
 
 FAST = ["trainer.max_epochs=1", "trainer.device=cpu"]
 
@@ -197,7 +197,11 @@ def test_sigkill_then_rerun_finishes(tmp_path):
         f"sweep.storage={storage}", "sweep.heartbeat_interval=1", "sweep.grace_period=3",
         f"tracking.uri={uri}", f"tracking.artifact_root={tmp_path}/artifacts",
     ]
-    process = subprocess.Popen(arguments, cwd=tmp_path, env=command_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_path = tmp_path / "sweep.log"
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(arguments, cwd=tmp_path, env=command_env(), stdout=log_file, stderr=subprocess.STDOUT)
+    # Poll the stores only once the sweep has created them (concurrent schema creation fails).
+    assert wait_for_log(log_path, "trials done", process), log_path.read_text()[-3000:]
     assert _wait_for(lambda: _finished_trials(storage) >= 2, timeout=300)
     assert _wait_for(lambda: len(_trials(storage, (TrialState.RUNNING,))) == 1, timeout=60)
     time.sleep(2)  # well inside the third trial, whose MLflow run now exists

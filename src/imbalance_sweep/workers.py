@@ -185,8 +185,8 @@ class TrialRunner:
         callbacks = [_StopAtTrialCount(self.settings.n_trials)]
         if self.settings.max_failures:
             callbacks.append(_StopAfterFailures(self.settings.max_failures))
-        if count_finished(self.study) >= self.settings.n_trials:
-            return
+        if _count_started(self.study) >= self.settings.n_trials:
+            return  # the study is done, or other workers are running its last trials
         with warnings.catch_warnings():
             # With heartbeats on, Optuna 5.1 checks for dead trials before each trial through a function
             # it marks experimental; that warning would repeat for every trial.
@@ -211,9 +211,12 @@ class _StopAtTrialCount:
         self.n_trials = n_trials
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        started = study.get_trials(deepcopy=False, states=(*FINISHED_STATES, TrialState.RUNNING))
-        if len(started) >= self.n_trials:
+        if _count_started(study) >= self.n_trials:
             study.stop()
+
+
+def _count_started(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(*FINISHED_STATES, TrialState.RUNNING)))
 
 
 class _StopAfterFailures:
