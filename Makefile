@@ -11,7 +11,7 @@ ifneq ($(wildcard /etc/xdg/pip/constraints.txt),)
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install sweep train test test-fast ui compare-losses bench clean
+.PHONY: install sweep train test test-fast ui compare-losses bench gpu-check clean
 
 install: $(STAMP)
 
@@ -37,6 +37,9 @@ test-fast: install
 ui: install
 	mkdir -p mlruns
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+gpu-check: install
+	bash scripts/gpu_check.sh
 
 bench: install
 	$(BIN)/python benchmarks/bench_workers.py
