@@ -220,3 +220,20 @@ def test_sigkill_then_rerun_finishes(tmp_path):
     assert "RUNNING" not in {r.info.status for r in [*parents, *children]}
     assert "KILLED" in {c.info.status for c in children}
     assert parents[0].info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"n_trials": 0}, "sweep.n_trials"),
+        ({"n_workers": -1}, "sweep.n_workers"),
+        ({"sampler": "bayes"}, "bayes"),
+        ({"pruner": "early"}, "early"),
+        ({"sampler": "grid", "params": {"augment.rotation": "interval(0, 10)"}}, "augment.rotation"),
+    ],
+)
+def test_invalid_settings_rejected_before_start(hydra_context, tmp_path, values, named):
+    with pytest.raises(ConfigError) as error:
+        run_sweep(settings_for(tmp_path, **values), "test", [*FAST, *tracking_overrides(tmp_path)])
+    assert named in str(error.value)
+    assert not (tmp_path / "optuna.db").exists()  # nothing was created

@@ -32,6 +32,11 @@ def exit_on_config_error():
         raise SystemExit(2) from None
 
 
+def raise_keyboard_interrupt(signum, frame) -> None:
+    """Signal handler that turns SIGTERM into the same clean stop as Ctrl-C."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def check_command_line(arguments: list[str], config_name: str, sweep_file_errors: dict[str, str] | None = None) -> None:
     """Raise `ConfigError` for an unknown group option or an unknown key among the overrides."""
     overrides = _parse(arguments)

@@ -78,6 +78,19 @@ def parse_objectives(settings: DictConfig) -> Objectives:
     return Objectives(tuple(str(m) for m in metrics), tuple(str(d) for d in directions))
 
 
+def validate_settings(settings: DictConfig, space: SearchSpace) -> None:
+    """Raise `ConfigError` for an invalid `sweep.*` setting before any study or worker starts."""
+    minimums = {"n_trials": 1, "n_workers": 1, "heartbeat_interval": 1, "retry_failed": 0, "n_startup_trials": 0,
+                "pruner_warmup_epochs": 0, "pruner_min_resource": 1, "pruner_reduction_factor": 2}
+    for key, minimum in minimums.items():
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"sweep.{key}={value!r} is invalid: use an integer >= {minimum}")
+    if settings.pruner not in PRUNERS:
+        raise ConfigError(f"unknown sweep.pruner {settings.pruner!r}: use one of {', '.join(PRUNERS)}")
+    make_sampler(settings, space, seed=0)  # rejects an unknown sampler, or grid over a continuous range
+
+
 def is_sqlite(storage: str) -> bool:
     return storage.startswith("sqlite:")
 

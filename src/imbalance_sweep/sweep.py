@@ -30,12 +30,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from optuna.trial import FrozenTrial, TrialState
 
-from imbalance_sweep.cli import check_command_line, exit_on_config_error
+from imbalance_sweep.cli import check_command_line, exit_on_config_error, raise_keyboard_interrupt
 from imbalance_sweep.config import CONF_DIR, SWEEPS_DIR, validate
 from imbalance_sweep.errors import ConfigError
 from imbalance_sweep.report import format_summary
 from imbalance_sweep.search_space import SearchSpace, override_for, parse_search_space
-from imbalance_sweep.study_setup import Objectives, SweepConfig, is_sqlite, open_storage, parse_objectives
+from imbalance_sweep.study_setup import Objectives, SweepConfig, is_sqlite, open_storage, parse_objectives, validate_settings
 from imbalance_sweep.tracking import TrackedRun, Tracker
 from imbalance_sweep.train import run
 from imbalance_sweep.workers import (
@@ -92,6 +92,7 @@ def run_sweep(settings: DictConfig, sweep_name: str, run_overrides: list[str]) -
     """
     objectives = parse_objectives(settings)
     space = parse_search_space(settings.params)
+    validate_settings(settings, space)
     run_overrides = _drop_swept_overrides(run_overrides, space)
     base_overrides = [*run_overrides, *space.fixed_overrides]
     base_cfg = compose_run_config(base_overrides)
@@ -286,8 +287,6 @@ def _evaluate_best_on_test(
     return result.metrics, result.class_names
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 register_sweep_files()
@@ -301,7 +300,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     sweep_name = hydra_cfg.runtime.choices.get("sweep", "default")
     parser = OverridesParser.create()
     run_overrides = [o for o in hydra_cfg.overrides.task if not parser.parse_override(o).key_or_group.startswith("sweep")]
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
 
     with exit_on_config_error():
         try:

@@ -19,11 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
-from imbalance_sweep.cli import check_command_line, exit_on_config_error
+from imbalance_sweep.cli import check_command_line, exit_on_config_error, raise_keyboard_interrupt
 from imbalance_sweep.config import CONF_DIR
 from imbalance_sweep.errors import ConfigError
 from imbalance_sweep.study_setup import is_sqlite
-from imbalance_sweep.sweep import SWEEP_FILE_ERRORS, _raise_keyboard_interrupt
+from imbalance_sweep.sweep import SWEEP_FILE_ERRORS
 from imbalance_sweep.workers import TrialRunner, close_orphaned_runs, count_finished, load_study_for_worker
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> None:
         elif not key.startswith("sweep"):
             with exit_on_config_error():
                 raise ConfigError(f"{text} cannot be set on a worker: the study fixes the run config; only trainer.device and sweep.* may be set")
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
 
     with exit_on_config_error():
         if not settings.study_name:

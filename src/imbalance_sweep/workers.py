@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
+from imbalance_sweep.cli import raise_keyboard_interrupt
 from imbalance_sweep.config import CONF_DIR
 from imbalance_sweep.errors import ConfigError
 from imbalance_sweep.search_space import SearchSpace, override_for, parse_search_space, suggest
@@ -259,7 +260,7 @@ def load_study_for_worker(settings: DictConfig, worker_index: int) -> tuple[optu
 def worker_process(settings_container: dict, worker_index: int, n_workers: int, device: str | None) -> None:
     """Entry point of a spawned worker process on this machine."""
     logging.basicConfig(level=logging.INFO, format=f"[%(asctime)s][worker {worker_index}][%(name)s][%(levelname)s] - %(message)s")
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     # Split the CPU between workers so that they do not oversubscribe the cores.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_workers))
     settings = OmegaConf.create(settings_container)
@@ -274,5 +275,3 @@ def worker_process(settings_container: dict, worker_index: int, n_workers: int, 
         raise SystemExit(2) from None
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
