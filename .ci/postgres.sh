@@ -2,7 +2,7 @@
 # Start a throwaway PostgreSQL cluster on 127.0.0.1 for the `postgres` tests; source this file.
 # It installs Debian's postgresql when missing, picks a free port, keeps its data in a temp folder,
 # and stops the cluster on exit. On success it exports IMBALANCE_SWEEP_TEST_POSTGRES_URL and
-# IMBALANCE_SWEEP_TEST_POSTGRES_MLFLOW_URL; on any failure it says why and exports nothing.
+# IMBALANCE_SWEEP_TEST_POSTGRES_MLFLOW_URL. On any failure it prints why and exports nothing.
 
 start_test_postgres() {
   local bin

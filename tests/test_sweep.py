@@ -64,7 +64,7 @@ def test_two_trial_sweep_mlflow_layout(hydra_context, tmp_path):
         assert not any(key.startswith("test/") for key in child.data.metrics)
     assert sorted(c.data.tags["trial_number"] for c in children) == ["0", "1"]
 
-    # The parent holds the best configuration retrained (same seed, same numbers) and its test scores.
+    # The parent contains the best configuration retrained (same seed, same numbers) and its test scores.
     assert parent.data.metrics["val/macro_f1"] == pytest.approx(outcome.best.value)
     for kind in ("precision", "recall", "f1"):
         assert {f"test/{kind}/{name}" for name in DIGITS} <= set(parent.data.metrics)
@@ -185,7 +185,7 @@ def test_sigint_kills_runs_and_resume_finishes(tmp_path):
         "sweep.n_trials=4", "trainer.max_epochs=30", f"sweep.storage=sqlite:///{tmp_path}/optuna.db",
         f"tracking.uri={uri}", f"tracking.artifact_root={tmp_path}/artifacts",
     ]
-    # Output goes to files: a pipe nobody reads while the test waits could fill up and block the sweep.
+    # Output goes to files: an unread pipe could fill up while the test waits and block the sweep.
     stdout_path, stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with stdout_path.open("w") as stdout, stderr_path.open("w") as stderr_file:
         process = subprocess.Popen(

@@ -208,7 +208,7 @@ def test_sigkill_then_rerun_finishes(tmp_path):
     time.sleep(1)  # inside the third trial (30 epochs take several seconds), whose MLflow run now exists
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
-    time.sleep(4)  # past the grace period, so the next start sees the dead trial as stale
+    time.sleep(4)  # past the grace period, so the next start marks the dead trial as stale
 
     rerun = subprocess.run(arguments, cwd=tmp_path, env=command_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

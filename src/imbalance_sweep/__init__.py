@@ -2,7 +2,7 @@
 
 import os
 
-# MLflow sends usage telemetry unless told not to. Sweeps often run on clusters without internet, and
+# MLflow sends usage telemetry unless it is disabled. Sweeps often run on clusters without internet, and
 # nothing in this project should call outside the machine, so it is off unless the user set it.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 

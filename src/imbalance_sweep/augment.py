@@ -52,6 +52,7 @@ class BatchAugmenter:
         boost = float(cfg.get("rare_class_boost", 0.0))
         self.class_factors = None if boost == 0 or class_counts is None else class_strength_factors(class_counts, boost)
         self._beta_rng = np.random.default_rng(seed)
+        self._policies: dict[int, v2.Transform] = {}  # built once per magnitude, reused every batch
 
     @property
     def geometric(self) -> bool:
@@ -99,15 +100,23 @@ class BatchAugmenter:
             if factor == 0:
                 continue
             if self.policy == "randaugment":
-                magnitude = min(30, round(self.policy_magnitude * factor))
-                transform = v2.RandAugment(num_ops=self.policy_num_ops, magnitude=magnitude)
+                transform = self._policy_transform(min(30, round(self.policy_magnitude * factor)))
             else:
                 # TrivialAugment draws its own magnitude; a factor below 1 applies it to fewer samples.
                 if factor < 1 and float(torch.rand(())) >= factor:
                     continue
-                transform = v2.TrivialAugmentWide()
+                transform = self._policy_transform(-1)
             out[index] = transform(images[index])
         return out
+
+    def _policy_transform(self, magnitude: int) -> v2.Transform:
+        """Return the cached policy transform; `magnitude` -1 stands for TrivialAugmentWide."""
+        if magnitude not in self._policies:
+            if magnitude < 0:
+                self._policies[magnitude] = v2.TrivialAugmentWide()
+            else:
+                self._policies[magnitude] = v2.RandAugment(num_ops=self.policy_num_ops, magnitude=magnitude)
+        return self._policies[magnitude]
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Apply geometric and pixel transforms to float images in [0, 1]."""

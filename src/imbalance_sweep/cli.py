@@ -16,11 +16,8 @@ from hydra.core.override_parser.types import ChoiceSweep, Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from imbalance_sweep.config import CONF_DIR, group_folders
+from imbalance_sweep.config import CONF_DIR, group_folders, has_key
 from imbalance_sweep.errors import ConfigError
-
-_ABSENT = object()
-
 
 @contextmanager
 def exit_on_config_error():
@@ -92,7 +89,7 @@ def _check_key(key: str, config_name: str, choices: dict[str, list]) -> None:
             cfg = compose(config_name=config_name, overrides=overrides)
         except HydraException:
             return  # Hydra reports composition errors itself
-        if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+        if not has_key(cfg, key):
             where = f" in {group}={option}" if isinstance(option, str) else ""
             raise ConfigError(f"unknown key {key}{where}: {_suggestion(cfg, key)}")
 

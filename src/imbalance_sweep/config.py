@@ -39,14 +39,10 @@ AUGMENT_LIMITS = {
 POLICIES = ("none", "randaugment", "trivialaugment")
 
 
-def require_conf_dir() -> str:
-    """Return the config directory as a string, or raise if the package runs outside its checkout."""
-    if not CONF_DIR.is_dir():
-        raise ConfigError(
-            f"config directory {CONF_DIR} not found: install the package from its checkout with "
-            "`pip install -e .` so that conf/ and sweeps/ sit beside src/"
-        )
-    return str(CONF_DIR)
+def has_key(cfg: DictConfig, key: str) -> bool:
+    """Return whether the dotted `key` exists in `cfg`, even when its value is null."""
+    missing = object()
+    return OmegaConf.select(cfg, key, default=missing) is not missing
 
 
 def group_folders() -> dict[str, Path]:

@@ -32,8 +32,8 @@ class ResampledTrain:
     """The training split after resampling.
 
     `sample_weights(epoch)` is set for the sampler methods only (`weighted_sampler`,
-    `progressive_sampler`): the trainer then draws each epoch's indices with replacement using those
-    per-sample weights, and `class_counts` holds the expected counts per epoch, averaged over epochs.
+    `progressive_sampler`). The trainer then draws each epoch's indices with replacement using those
+    per-sample weights, and `class_counts` contains the expected counts per epoch, averaged over epochs.
     """
 
     split: Split
@@ -93,7 +93,7 @@ def check_ratio_reachable(counts: list[int], ratio: float, method: str, key: str
 
 
 def resample_train(train: Split, cfg: DictConfig, class_names: list[str], seed: int, max_epochs: int = 1) -> ResampledTrain:
-    """Resample the training split as `cfg` (the `resample` group) says."""
+    """Resample the training split with the method and settings of `cfg` (the `resample` group)."""
     num_classes = len(class_names)
     counts = train.class_counts(num_classes)
     labels = train.labels.numpy()

@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from optuna.trial import FrozenTrial, TrialState
 
 from imbalance_sweep.cli import check_command_line, exit_on_config_error, raise_keyboard_interrupt
-from imbalance_sweep.config import CONF_DIR, SWEEPS_DIR, validate
+from imbalance_sweep.config import CONF_DIR, SWEEPS_DIR, has_key, validate
 from imbalance_sweep.errors import ConfigError
 from imbalance_sweep.report import format_summary
 from imbalance_sweep.search_space import SearchSpace, override_for, parse_search_space
@@ -52,7 +52,6 @@ from imbalance_sweep.workers import (
 
 log = logging.getLogger(__name__)
 
-_ABSENT = object()
 SWEEP_FILE_ERRORS: dict[str, str] = {}
 
 
@@ -189,7 +188,7 @@ def _check_space_keys(space: SearchSpace, base_overrides: list[str], base_cfg: D
             candidates = [base_cfg]
         else:
             candidates = [compose_run_config([*base_overrides, override_for(group, option)]) for option in options]
-        if all(OmegaConf.select(cfg, parameter.key, default=_ABSENT) is _ABSENT for cfg in candidates):
+        if not any(has_key(cfg, parameter.key) for cfg in candidates):
             where = f"any of {group}={','.join(map(str, options))}" if options else f"the {group} config"
             raise ConfigError(f"sweep key {parameter.key} exists in none of {where}: check its spelling in the sweep file")
 

@@ -1,8 +1,8 @@
 """Join an existing study from any machine: `python -m imbalance_sweep.worker sweep.study_name=NAME sweep.storage=URL`.
 
-The study itself stores what its trials inherit (base overrides, search space, objectives, MLflow
-parent run), so a worker needs only the study's name and storage, plus optionally `trainer.device`
-and the `sweep.*` settings of its own loop (`n_trials`, `timeout`, `sampler`, `pruner`, ...). It
+The study itself stores what its trials inherit: base overrides, search space, objectives and the
+MLflow parent run. A worker therefore needs only the study's name and storage. It may also set
+`trainer.device` and the `sweep.*` settings of its own loop (`n_trials`, `timeout`, `sampler`, ...). It
 runs trials until the study holds `sweep.n_trials` finished trials and does not score the test
 split; rerun `python -m imbalance_sweep.sweep` with the same study to do that and print the summary.
 """

@@ -25,7 +25,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from imbalance_sweep.cli import raise_keyboard_interrupt
-from imbalance_sweep.config import CONF_DIR
+from imbalance_sweep.config import CONF_DIR, has_key
 from imbalance_sweep.errors import ConfigError
 from imbalance_sweep.search_space import SearchSpace, override_for, parse_search_space, suggest
 from imbalance_sweep.study_setup import Objectives, make_pruner, make_sampler, open_storage
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 SPEC_ATTR = "imbalance_sweep"  # study user attribute that describes the sweep to every worker
-_ABSENT = object()
 
 
 @dataclass
@@ -104,7 +103,7 @@ def sample_config(trial: optuna.Trial, space: SearchSpace, base_overrides: list[
         sampled.append(override_for(parameter.key, suggest(trial, parameter)))
     cfg = compose_run_config([*base_overrides, *sampled])
     for parameter in (p for p in space.parameters if not p.is_group):
-        if OmegaConf.select(cfg, parameter.key, default=_ABSENT) is _ABSENT:
+        if not has_key(cfg, parameter.key):
             continue
         sampled.append(override_for(parameter.key, suggest(trial, parameter)))
     return compose_run_config([*base_overrides, *sampled]), sampled
